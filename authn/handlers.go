@@ -1,0 +1,316 @@
+package authn
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"mime"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/rs/zerolog"
+	"golang.org/x/time/rate"
+)
+
+// MaxBodyBytes is the largest POST body accepted (413 beyond).
+const MaxBodyBytes = 8 << 10
+
+// ServiceConfig configures the HTTP side of authn.
+type ServiceConfig struct {
+	// OpenRegistration lets POST /register create accounts.
+	OpenRegistration bool
+	// LoginFailures is how many failed logins one username may have per
+	// minute before /auth answers 429 (default 10).
+	LoginFailures int
+	// RequestsPerSecond and Burst bound /register and /auth requests per
+	// client IP (defaults 20 and 40; negative RequestsPerSecond = no limit).
+	RequestsPerSecond float64
+	Burst             int
+	// OnRevoke is called after a token was revoked by logout, so the
+	// sockets opened with it can be closed.
+	OnRevoke func(jti string)
+	// Log receives one line per failed login and per logout.
+	Log zerolog.Logger
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+}
+
+// Service serves /register, /auth, /auth/refresh and /auth/logout.
+type Service struct {
+	users    *Users
+	tokens   *Tokens
+	revoked  *Revocations
+	cfg      ServiceConfig
+	failures *keyedLimiter // failed logins per username
+	perIP    *keyedLimiter // requests per client address
+}
+
+// NewService returns the HTTP handlers over users, tokens and revoked.
+func NewService(users *Users, tokens *Tokens, revoked *Revocations, cfg ServiceConfig) *Service {
+	if cfg.LoginFailures <= 0 {
+		cfg.LoginFailures = 10
+	}
+	if cfg.RequestsPerSecond == 0 {
+		cfg.RequestsPerSecond = 20
+	}
+	if cfg.Burst <= 0 {
+		cfg.Burst = 40
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	ipLimit := rate.Limit(cfg.RequestsPerSecond)
+	if cfg.RequestsPerSecond < 0 {
+		ipLimit = rate.Inf
+	}
+	return &Service{
+		users:    users,
+		tokens:   tokens,
+		revoked:  revoked,
+		cfg:      cfg,
+		failures: newKeyedLimiter(rate.Every(time.Minute/time.Duration(cfg.LoginFailures)), cfg.LoginFailures),
+		perIP:    newKeyedLimiter(ipLimit, cfg.Burst),
+	}
+}
+
+// Register adds the service's routes to mux.
+func (s *Service) Register(mux *http.ServeMux) {
+	mux.HandleFunc("/register", s.handleRegister)
+	mux.HandleFunc("/auth", s.handleAuth)
+	mux.HandleFunc("/auth/refresh", s.handleRefresh)
+	mux.HandleFunc("/auth/logout", s.handleLogout)
+}
+
+// TokenResponse is the body of a successful /auth or /auth/refresh.
+type TokenResponse struct {
+	Token     string `json:"token"`
+	TokenType string `json:"token_type"`
+	ExpiresAt int64  `json:"expires_at"`
+	ExpiresIn int64  `json:"expires_in"`
+}
+
+type credentials struct {
+	Username string `json:"username"`
+	Password string `json:"password"`
+}
+
+func (s *Service) handleRegister(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		WriteMethodNotAllowed(w, http.MethodPost)
+		return
+	}
+	if !s.allowIP(w, r) {
+		return
+	}
+	if !s.cfg.OpenRegistration {
+		WriteError(w, http.StatusForbidden, "registration_disabled", "registration is closed on this server")
+		return
+	}
+	creds, ok := readCredentials(w, r)
+	if !ok {
+		return
+	}
+	user, err := s.users.Add(creds.Username, creds.Password)
+	switch {
+	case errors.Is(err, ErrBadUsername), errors.Is(err, ErrBadPassword):
+		WriteError(w, http.StatusBadRequest, "bad_request", err.Error())
+	case errors.Is(err, ErrUserExists):
+		WriteError(w, http.StatusConflict, "username_taken", "that username is taken")
+	case err != nil:
+		s.cfg.Log.Error().Err(err).Msg("register")
+		WriteError(w, http.StatusInternalServerError, "internal", "could not create the account")
+	default:
+		s.cfg.Log.Info().Str("user", user.Name).Msg("registered")
+		writeJSON(w, http.StatusCreated, map[string]string{"username": user.Name})
+	}
+}
+
+func (s *Service) handleAuth(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		// Passwords never travel in URLs, so GET is refused outright.
+		WriteMethodNotAllowed(w, http.MethodPost)
+		return
+	}
+	if !s.allowIP(w, r) {
+		return
+	}
+	creds, ok := readCredentials(w, r)
+	if !ok {
+		return
+	}
+	if creds.Username == "" || creds.Password == "" {
+		WriteError(w, http.StatusBadRequest, "bad_request", "username and password are required")
+		return
+	}
+	now := s.cfg.Now()
+	if blocked, wait := s.failures.blocked(creds.Username, now); blocked {
+		writeRetry(w, wait, "too many failed logins for this user; try again later")
+		return
+	}
+	user, err := s.users.Check(creds.Username, creds.Password)
+	if errors.Is(err, ErrInvalidCredentials) {
+		s.failures.allow(creds.Username, now)
+		s.cfg.Log.Info().Str("user", creds.Username).Str("ip", clientIP(r)).Msg("failed login")
+		WriteError(w, http.StatusUnauthorized, "invalid_credentials", "wrong username or password")
+		return
+	}
+	if err != nil {
+		s.cfg.Log.Error().Err(err).Msg("login")
+		WriteError(w, http.StatusInternalServerError, "internal", "could not log in")
+		return
+	}
+	issued, err := s.tokens.Issue(user)
+	if err != nil {
+		s.cfg.Log.Error().Err(err).Msg("issue token")
+		WriteError(w, http.StatusInternalServerError, "internal", "could not issue a token")
+		return
+	}
+	s.writeToken(w, issued)
+}
+
+func (s *Service) handleRefresh(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		WriteMethodNotAllowed(w, http.MethodPost)
+		return
+	}
+	claims, ok := s.bearer(w, r)
+	if !ok {
+		return
+	}
+	issued, err := s.tokens.Refresh(claims)
+	if err != nil {
+		WriteTokenError(w, err)
+		return
+	}
+	s.writeToken(w, issued)
+}
+
+func (s *Service) handleLogout(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		WriteMethodNotAllowed(w, http.MethodPost)
+		return
+	}
+	claims, ok := s.bearer(w, r)
+	if !ok {
+		return
+	}
+	// Keep the entry past exp by the leeway: until then Verify could still
+	// accept the token.
+	if err := s.revoked.Revoke(claims.ID, claims.ExpiresAt().Add(s.tokens.Leeway())); err != nil {
+		s.cfg.Log.Error().Err(err).Msg("logout")
+		WriteError(w, http.StatusInternalServerError, "internal", "could not revoke the token")
+		return
+	}
+	s.cfg.Log.Info().Str("user", claims.Name).Str("sid", claims.SessionID).Msg("logout")
+	if s.cfg.OnRevoke != nil {
+		s.cfg.OnRevoke(claims.ID)
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// bearer verifies the Authorization header's token, answering 401 if it
+// does not verify.
+func (s *Service) bearer(w http.ResponseWriter, r *http.Request) (*Claims, bool) {
+	claims, err := s.tokens.Verify(BearerToken(r.Header.Get("Authorization")))
+	if err != nil {
+		WriteTokenError(w, err)
+		return nil, false
+	}
+	return claims, true
+}
+
+func (s *Service) writeToken(w http.ResponseWriter, issued *Issued) {
+	exp := issued.Claims.ExpiresAt().Unix()
+	writeJSON(w, http.StatusOK, TokenResponse{
+		Token:     issued.Token,
+		TokenType: "Bearer",
+		ExpiresAt: exp,
+		ExpiresIn: max(0, exp-s.cfg.Now().Unix()),
+	})
+}
+
+func (s *Service) allowIP(w http.ResponseWriter, r *http.Request) bool {
+	ok, wait := s.perIP.allow(clientIP(r), s.cfg.Now())
+	if !ok {
+		writeRetry(w, wait, "too many requests; slow down")
+	}
+	return ok
+}
+
+// WriteTokenError answers 401 with the contract's code for a token error
+// (see Code) and a message that never repeats parser details.
+func WriteTokenError(w http.ResponseWriter, err error) {
+	w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
+	WriteError(w, http.StatusUnauthorized, Code(err), tokenMessage(err))
+}
+
+// tokenMessage is the human text for a token error; it never repeats parser
+// details that would help an attacker.
+func tokenMessage(err error) string {
+	switch Code(err) {
+	case "missing_token":
+		return "no token was presented"
+	case "token_expired":
+		return "Your token is no longer valid. Please reauthenticate."
+	case "token_revoked":
+		return "this token was revoked by a logout"
+	case "session_expired":
+		return "the login session reached its maximum length; log in again"
+	default:
+		return "the token is not valid"
+	}
+}
+
+func writeRetry(w http.ResponseWriter, wait time.Duration, message string) {
+	secs := int((wait + time.Second - 1) / time.Second)
+	w.Header().Set("Retry-After", strconv.Itoa(max(1, secs)))
+	WriteError(w, http.StatusTooManyRequests, "rate_limited", message)
+}
+
+// readCredentials decodes a JSON or form body, answering 413, 415 or 400
+// itself when it cannot.
+func readCredentials(w http.ResponseWriter, r *http.Request) (credentials, bool) {
+	var creds credentials
+	mediaType, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if err != nil || (mediaType != "application/json" && mediaType != "application/x-www-form-urlencoded") {
+		WriteError(w, http.StatusUnsupportedMediaType, "unsupported_media_type", "send application/json or application/x-www-form-urlencoded")
+		return creds, false
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			WriteError(w, http.StatusRequestEntityTooLarge, "too_large", "the body is over 8 KiB")
+		} else {
+			WriteError(w, http.StatusBadRequest, "bad_request", "could not read the body")
+		}
+		return creds, false
+	}
+	if mediaType == "application/json" {
+		if err := json.Unmarshal(body, &creds); err != nil {
+			WriteError(w, http.StatusBadRequest, "bad_request", "the body is not a JSON object with username and password strings")
+			return creds, false
+		}
+	} else {
+		form, err := url.ParseQuery(string(body))
+		if err != nil {
+			WriteError(w, http.StatusBadRequest, "bad_request", "the form body is malformed")
+			return creds, false
+		}
+		creds.Username, creds.Password = form.Get("username"), form.Get("password")
+	}
+	return creds, true
+}
+
+// clientIP is the peer address of r without its port. Headers such as
+// X-Forwarded-For are not trusted: anyone can set them.
+func clientIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}

@@ -1,0 +1,113 @@
+package authn
+
+import (
+	"encoding/binary"
+	"fmt"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+var revokedBucket = []byte("revoked")
+
+// Revocations is the denylist of logged-out tokens, keyed by jti. It is kept
+// in the store so a restart does not forget it, and mirrored in memory
+// because every verification consults it.
+type Revocations struct {
+	db  *bolt.DB
+	now func() time.Time
+
+	mu   sync.RWMutex
+	jtis map[string]time.Time // jti -> the token's exp
+}
+
+// NewRevocations loads the denylist from db, dropping entries already past
+// their exp.
+func NewRevocations(db *bolt.DB, now func() time.Time) (*Revocations, error) {
+	if now == nil {
+		now = time.Now
+	}
+	r := &Revocations{db: db, now: now, jtis: make(map[string]time.Time)}
+	err := db.Update(func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucketIfNotExists(revokedBucket)
+		if err != nil {
+			return err
+		}
+		return b.ForEach(func(k, v []byte) error {
+			if len(v) == 8 {
+				r.jtis[string(k)] = time.Unix(int64(binary.BigEndian.Uint64(v)), 0)
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load revocations: %w", err)
+	}
+	return r, r.Prune()
+}
+
+// Revoke puts jti on the denylist until exp. It returns once the entry is
+// on disk.
+func (r *Revocations) Revoke(jti string, exp time.Time) error {
+	var v [8]byte
+	binary.BigEndian.PutUint64(v[:], uint64(exp.Unix()))
+	if err := r.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(revokedBucket).Put([]byte(jti), v[:])
+	}); err != nil {
+		return fmt.Errorf("store revocation: %w", err)
+	}
+	r.mu.Lock()
+	r.jtis[jti] = exp
+	r.mu.Unlock()
+	return nil
+}
+
+// IsRevoked reports whether jti was revoked.
+func (r *Revocations) IsRevoked(jti string) bool {
+	r.mu.RLock()
+	_, ok := r.jtis[jti]
+	r.mu.RUnlock()
+	return ok
+}
+
+// Prune forgets revocations whose token has expired anyway (with a day of
+// margin for the verification leeway).
+func (r *Revocations) Prune() error {
+	cutoff := r.now().Add(-24 * time.Hour)
+	var dead []string
+	r.mu.RLock()
+	for jti, exp := range r.jtis {
+		if exp.Before(cutoff) {
+			dead = append(dead, jti)
+		}
+	}
+	r.mu.RUnlock()
+	if len(dead) == 0 {
+		return nil
+	}
+	if err := r.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(revokedBucket)
+		for _, jti := range dead {
+			if err := b.Delete([]byte(jti)); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		return fmt.Errorf("prune revocations: %w", err)
+	}
+	r.mu.Lock()
+	for _, jti := range dead {
+		delete(r.jtis, jti)
+	}
+	r.mu.Unlock()
+	return nil
+}
+
+// Len returns how many revocations are held.
+func (r *Revocations) Len() int {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return len(r.jtis)
+}

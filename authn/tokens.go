@@ -1,0 +1,212 @@
+package authn
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+)
+
+// MaxTokenBytes bounds the size of a token we agree to parse, before any
+// parsing happens (CVE-2025-30204 was an allocation blow-up on huge inputs).
+const MaxTokenBytes = 4096
+
+// Claims are the claims of a chatd token.
+type Claims struct {
+	jwt.RegisteredClaims
+	// Name is the username, shown to other users.
+	Name string `json:"name"`
+	// SessionID identifies the login; refreshed tokens keep it.
+	SessionID string `json:"sid"`
+	// AuthTime is when the login happened (unix seconds); a refresh chain
+	// ends at AuthTime + the session maximum.
+	AuthTime int64 `json:"auth_time,omitempty"`
+	// Rooms, when not nil, are the only rooms this token may join.
+	Rooms []string `json:"rooms,omitempty"`
+}
+
+// ExpiresAt returns the token's exp as a time (zero if unset).
+func (c *Claims) ExpiresAt() time.Time {
+	if c.RegisteredClaims.ExpiresAt == nil {
+		return time.Time{}
+	}
+	return c.RegisteredClaims.ExpiresAt.Time
+}
+
+// MayJoin reports whether the token allows joining room.
+func (c *Claims) MayJoin(room string) bool {
+	if c.Rooms == nil {
+		return true
+	}
+	for _, r := range c.Rooms {
+		if r == room {
+			return true
+		}
+	}
+	return false
+}
+
+// TokenConfig configures Tokens. Zero fields take the defaults noted.
+type TokenConfig struct {
+	Secret     []byte        // HS256 key, at least 32 bytes
+	Issuer     string        // iss and aud; default "chatd"
+	TTL        time.Duration // token lifetime; default 15m
+	SessionMax time.Duration // how long refreshes may extend a login; default 24h
+	Leeway     time.Duration // clock-skew allowance for exp, nbf, iat
+	// Revoked, if set, is consulted on every verification.
+	Revoked interface{ IsRevoked(jti string) bool }
+	// Now is the clock; default time.Now. Tests move it.
+	Now func() time.Time
+}
+
+// Tokens issues and verifies chatd's JWTs. It is safe for concurrent use.
+type Tokens struct {
+	cfg    TokenConfig
+	parser *jwt.Parser
+}
+
+// MinSecretBytes is the shortest HS256 key accepted (RFC 7518 3.2: a key at
+// least as long as the hash).
+const MinSecretBytes = 32
+
+// NewTokens returns Tokens for cfg, or an error if the secret is too short.
+func NewTokens(cfg TokenConfig) (*Tokens, error) {
+	if len(cfg.Secret) < MinSecretBytes {
+		return nil, fmt.Errorf("jwt secret is %d bytes; at least %d are required", len(cfg.Secret), MinSecretBytes)
+	}
+	if cfg.Issuer == "" {
+		cfg.Issuer = "chatd"
+	}
+	if cfg.TTL <= 0 {
+		cfg.TTL = 15 * time.Minute
+	}
+	if cfg.SessionMax <= 0 {
+		cfg.SessionMax = 24 * time.Hour
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	// The strict options matter: golang-jwt's defaults accept tokens without
+	// exp, with a foreign aud or with another HMAC algorithm (notes/security.md).
+	parser := jwt.NewParser(
+		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
+		jwt.WithExpirationRequired(),
+		jwt.WithIssuer(cfg.Issuer),
+		jwt.WithAudience(cfg.Issuer),
+		jwt.WithIssuedAt(),
+		jwt.WithLeeway(cfg.Leeway),
+		jwt.WithTimeFunc(cfg.Now),
+		jwt.WithStrictDecoding(),
+	)
+	return &Tokens{cfg: cfg, parser: parser}, nil
+}
+
+// Leeway returns the configured clock-skew allowance.
+func (t *Tokens) Leeway() time.Duration { return t.cfg.Leeway }
+
+// Issued is a freshly signed token and its claims.
+type Issued struct {
+	Token  string
+	Claims *Claims
+}
+
+// Issue signs a token for a new login of user.
+func (t *Tokens) Issue(user *User) (*Issued, error) {
+	now := t.cfg.Now()
+	return t.sign(user.ID, user.Name, randomID(), now.Unix(), nil, now)
+}
+
+// Refresh signs a new token for the login that old belongs to. The new
+// token's exp never passes the session's end; at or after that end Refresh
+// fails with ErrSessionExpired.
+func (t *Tokens) Refresh(old *Claims) (*Issued, error) {
+	now := t.cfg.Now()
+	return t.sign(old.Subject, old.Name, old.SessionID, old.AuthTime, old.Rooms, now)
+}
+
+func (t *Tokens) sign(sub, name, sid string, authTime int64, rooms []string, now time.Time) (*Issued, error) {
+	exp := now.Add(t.cfg.TTL)
+	if authTime != 0 {
+		end := time.Unix(authTime, 0).Add(t.cfg.SessionMax)
+		if !now.Before(end) {
+			return nil, ErrSessionExpired
+		}
+		if exp.After(end) {
+			exp = end
+		}
+	}
+	c := &Claims{
+		RegisteredClaims: jwt.RegisteredClaims{
+			Issuer:    t.cfg.Issuer,
+			Audience:  jwt.ClaimStrings{t.cfg.Issuer},
+			Subject:   sub,
+			IssuedAt:  jwt.NewNumericDate(now),
+			NotBefore: jwt.NewNumericDate(now),
+			ExpiresAt: jwt.NewNumericDate(exp),
+			ID:        randomID(),
+		},
+		Name:      name,
+		SessionID: sid,
+		AuthTime:  authTime,
+		Rooms:     rooms,
+	}
+	s, err := jwt.NewWithClaims(jwt.SigningMethodHS256, c).SignedString(t.cfg.Secret)
+	if err != nil {
+		return nil, fmt.Errorf("sign token: %w", err)
+	}
+	// NumericDate truncates to seconds; report the exp the token carries.
+	c.RegisteredClaims.ExpiresAt = jwt.NewNumericDate(time.Unix(exp.Unix(), 0))
+	return &Issued{Token: s, Claims: c}, nil
+}
+
+// Verify parses and checks a token: signature, algorithm, iss, aud, exp,
+// nbf, iat, the presence of sub, jti and sid, and revocation. The error is
+// one of ErrMissingToken, ErrInvalidToken, ErrTokenExpired, ErrTokenRevoked.
+func (t *Tokens) Verify(token string) (*Claims, error) {
+	if token == "" {
+		return nil, ErrMissingToken
+	}
+	if len(token) > MaxTokenBytes {
+		return nil, ErrInvalidToken
+	}
+	c := new(Claims)
+	_, err := t.parser.ParseWithClaims(token, c, func(tok *jwt.Token) (any, error) {
+		return t.cfg.Secret, nil
+	})
+	if err != nil {
+		// Only a token whose signature verified can be "expired": golang-jwt
+		// v5 stops at a bad signature, so ErrTokenExpired implies a good one.
+		if errors.Is(err, jwt.ErrTokenExpired) {
+			return nil, ErrTokenExpired
+		}
+		return nil, fmt.Errorf("%w: %v", ErrInvalidToken, err)
+	}
+	if c.Subject == "" || c.ID == "" || c.SessionID == "" || c.Name == "" {
+		return nil, fmt.Errorf("%w: missing sub, jti, sid or name", ErrInvalidToken)
+	}
+	if t.cfg.Revoked != nil && t.cfg.Revoked.IsRevoked(c.ID) {
+		return nil, ErrTokenRevoked
+	}
+	return c, nil
+}
+
+// BearerToken returns the token of an "Authorization: Bearer <token>" header
+// value, or "" if there is none.
+func BearerToken(header string) string {
+	const prefix = "bearer "
+	if len(header) > len(prefix) && strings.EqualFold(header[:len(prefix)], prefix) {
+		return strings.TrimSpace(header[len(prefix):])
+	}
+	return ""
+}
+
+// randomID returns 128 random bits in hex.
+func randomID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails on Linux (Go 1.24+ panics instead)
+	return hex.EncodeToString(b[:])
+}

@@ -1,0 +1,221 @@
+// Package broker decides who hears what: it upgrades authenticated
+// requests to WebSockets (github.com/lxzan/gws), keeps the sessions in a
+// sharded registry, runs rooms with sequenced history and fan-out, closes
+// every socket when its token expires, and enforces per-socket limits.
+package broker
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/chatd/chatd/authn"
+	"github.com/chatd/chatd/broker/wheel"
+	"github.com/lxzan/gws"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+)
+
+// Verifier checks a token; authn.Tokens is one.
+type Verifier interface {
+	Verify(token string) (*authn.Claims, error)
+}
+
+// Options configure a Broker. Zero fields take the defaults noted.
+type Options struct {
+	Verifier Verifier // required
+	History  History  // default: NewMemoryHistory(1000)
+
+	// AllowedOrigins lists the origins (scheme://host[:port]) allowed to
+	// open sockets. Empty means the request's own host; "*" allows any.
+	// A request without Origin (not a browser) is always allowed.
+	AllowedOrigins []string
+
+	MaxMessageBytes int           // largest inbound message; 16384 (close 1009 beyond)
+	RateLimit       float64       // messages per second per socket; 20, burst twice that
+	SendQueueBytes  int           // queued bytes before close 4008; 1 MiB
+	ExpiryWarning   time.Duration // `expiring` this long before the close; 30s
+	Leeway          time.Duration // sockets close at exp + Leeway
+	MaxRooms        int           // rooms one socket may be in; 100
+	MaxSockets      int           // open sockets before 503 overloaded; 0 = no limit
+	PingInterval    time.Duration // server pings this often; 25s
+	IdleTimeout     time.Duration // no frame from the peer for this long closes it; 60s
+	WriteTimeout    time.Duration // one write to a socket; 10s
+	WheelTick       time.Duration // expiry precision; 5ms
+
+	Log     zerolog.Logger
+	Metrics prometheus.Registerer // nil: no metrics registered
+}
+
+func (o *Options) defaults() {
+	if o.History == nil {
+		o.History = NewMemoryHistory(1000)
+	}
+	if o.MaxMessageBytes <= 0 {
+		o.MaxMessageBytes = 16384
+	}
+	if o.RateLimit <= 0 {
+		o.RateLimit = 20
+	}
+	if o.SendQueueBytes <= 0 {
+		o.SendQueueBytes = 1 << 20
+	}
+	if o.ExpiryWarning <= 0 {
+		o.ExpiryWarning = 30 * time.Second
+	}
+	if o.MaxRooms <= 0 {
+		o.MaxRooms = 100
+	}
+	if o.PingInterval <= 0 {
+		o.PingInterval = 25 * time.Second
+	}
+	if o.IdleTimeout <= 0 {
+		o.IdleTimeout = 60 * time.Second
+	}
+	if o.WriteTimeout <= 0 {
+		o.WriteTimeout = 10 * time.Second
+	}
+}
+
+// Broker serves GET /ws and everything that happens on the sockets.
+type Broker struct {
+	opts     Options
+	log      zerolog.Logger
+	metrics  *metrics
+	upgrader *gws.Upgrader // no subprotocol
+	chatv1   *gws.Upgrader // answers chat.v1
+	registry *registry
+	rooms    *rooms
+	wheel    *wheel.Wheel
+
+	draining atomic.Bool
+	gone     chan struct{} // a socket closed; the drain re-counts
+	stop     chan struct{}
+	stopOnce sync.Once
+	nextMsg  atomic.Uint64
+	msgBase  string
+}
+
+// New returns a Broker; call Close (or Shutdown) to stop its goroutines.
+func New(opts Options) *Broker {
+	opts.defaults()
+	b := &Broker{
+		opts:     opts,
+		log:      opts.Log.With().Str("component", "broker").Logger(),
+		metrics:  newMetrics(opts.Metrics),
+		registry: newRegistry(),
+		rooms:    newRooms(opts.History),
+		wheel:    wheel.New(opts.WheelTick, 0),
+		stop:     make(chan struct{}),
+		gone:     make(chan struct{}, 1),
+		msgBase:  newID()[:8],
+	}
+	b.upgrader = gws.NewUpgrader(b, b.serverOption(nil))
+	b.chatv1 = gws.NewUpgrader(b, b.serverOption([]string{SubProtocol}))
+	go b.heartbeat()
+	return b
+}
+
+// SubProtocol is the WebSocket subprotocol chatd speaks.
+const SubProtocol = "chat.v1"
+
+func (b *Broker) serverOption(subprotocols []string) *gws.ServerOption {
+	return &gws.ServerOption{
+		ReadMaxPayloadSize: b.opts.MaxMessageBytes,
+		ReadBufferSize:     1024, // held per socket for its lifetime; chat frames are small
+		CheckUtf8Enabled:   true, // invalid UTF-8 closes 1007 (RFC 6455 8.1)
+		Recovery:           gws.Recovery,
+		SubProtocols:       subprotocols,
+		Logger:             gwsLogger{b.log},
+		HandshakeTimeout:   5 * time.Second,
+		// One value per connection, read only by its own read loop: a map
+		// behind a mutex (the default) would be paid on every message.
+		NewSession: func() gws.SessionStorage { return new(sessionSlot) },
+	}
+}
+
+// Sockets returns the number of open sockets.
+func (b *Broker) Sockets() int { return b.registry.len() }
+
+// Draining reports whether Shutdown has begun.
+func (b *Broker) Draining() bool { return b.draining.Load() }
+
+// Revoke closes, with 4003, every socket that has held the token jti.
+func (b *Broker) Revoke(jti string) {
+	for _, s := range b.registry.withJTI(jti) {
+		s.closeWith(4003, "token revoked", nil)
+	}
+}
+
+// Shutdown stops accepting sockets, closes every open one with 1001 and
+// waits until they are gone or ctx ends, then force-closes what is left.
+// It does not close the History: its owner flushes it after Shutdown.
+func (b *Broker) Shutdown(ctx context.Context) error {
+	b.draining.Store(true)
+	b.registry.each(func(s *Session) { s.closeWith(1001, "server shutting down", nil) })
+	var err error
+	for b.registry.len() > 0 {
+		select {
+		case <-b.gone:
+		case <-ctx.Done():
+			err = ctx.Err()
+			b.registry.each(func(s *Session) { s.abort() })
+			ctx = context.Background() // aborted sockets close at once
+		}
+	}
+	b.Close()
+	return err
+}
+
+// Close stops the broker's goroutines. Open sockets are not touched; use
+// Shutdown for that.
+func (b *Broker) Close() {
+	b.stopOnce.Do(func() {
+		close(b.stop)
+		b.wheel.Stop()
+	})
+}
+
+// heartbeat pings every socket each PingInterval; the read deadline set on
+// each frame received closes sockets whose peer has gone silent.
+func (b *Broker) heartbeat() {
+	t := time.NewTicker(b.opts.PingInterval)
+	defer t.Stop()
+	ping := frame(opPing, nil)
+	for {
+		select {
+		case <-b.stop:
+			return
+		case <-t.C:
+			b.registry.each(func(s *Session) { s.send(ping) })
+		}
+	}
+}
+
+// checkOrigin applies AllowedOrigins to r.
+func (b *Broker) checkOrigin(r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return true
+	}
+	if len(b.opts.AllowedOrigins) == 0 {
+		// Same host: the Origin's host[:port] must be the request's Host.
+		_, hostPort, ok := strings.Cut(origin, "://")
+		return ok && strings.EqualFold(hostPort, r.Host)
+	}
+	for _, allowed := range b.opts.AllowedOrigins {
+		if allowed == "*" || strings.EqualFold(allowed, origin) {
+			return true
+		}
+	}
+	return false
+}
+
+// gwsLogger sends gws's own error lines (recovered panics) to zerolog.
+type gwsLogger struct{ log zerolog.Logger }
+
+func (l gwsLogger) Error(v ...any) { l.log.Error().Msg(strings.TrimSpace(fmt.Sprintln(v...))) }

@@ -1,0 +1,89 @@
+package broker
+
+import (
+	"time"
+
+	"github.com/chatd/chatd/authn"
+	"github.com/lxzan/gws"
+)
+
+// General is the room every socket starts in (unless its token's rooms
+// claim leaves it out).
+const General = "general"
+
+// start makes a freshly upgraded socket live: welcome first, then the
+// registry, the general room and the expiry wheel. It runs before the read
+// loop, so nothing the loop does can overtake the welcome.
+func (b *Broker) start(s *Session, c *authn.Claims) {
+	now := time.Now()
+	s.lastRead = now
+	_ = s.conn.SetReadDeadline(now.Add(b.opts.IdleTimeout))
+
+	rooms := []string{}
+	if c.MayJoin(General) {
+		rooms = append(rooms, General)
+	}
+	s.send(textFrame(welcomeFrame{Type: "welcome", User: s.name, Session: s.id, Exp: c.ExpiresAt().Unix(), Rooms: rooms}))
+	b.registry.add(s, c.ID)
+	b.metrics.sockets.Inc()
+	s.schedule(c.ExpiresAt())
+	if len(rooms) > 0 {
+		if err := s.join(General, nil, nil, false); err != nil {
+			b.log.Error().Err(err).Msg("join general")
+		}
+	}
+	// Shutdown may have swept the registry between the draining check and
+	// the add above; close this one itself in that case.
+	if b.draining.Load() {
+		s.closeWith(1001, "server shutting down", nil)
+	}
+	b.log.Debug().Str("user", s.name).Str("session", s.id).Msg("open")
+}
+
+// OnOpen implements gws.Event; start has done the work before the loop.
+func (b *Broker) OnOpen(*gws.Conn) {}
+
+// OnClose implements gws.Event: the socket is gone, forget it everywhere.
+func (b *Broker) OnClose(c *gws.Conn, err error) {
+	s := sessionOf(c)
+	s.out.kill()
+	b.wheel.Cancel(s.expire)
+	b.wheel.Cancel(s.warn)
+	for name := range s.rooms {
+		s.leave(name)
+	}
+	b.registry.remove(s, s.heldJTIs())
+	b.metrics.sockets.Dec()
+	select {
+	case b.gone <- struct{}{}:
+	default:
+	}
+	b.log.Debug().Str("user", s.name).Str("session", s.id).Uint32("code", s.closedCode.Load()).AnErr("reason", err).Msg("close")
+}
+
+// OnPing implements gws.Event: the pong goes through the outbox like every
+// other frame, so the read loop never blocks on a write.
+func (b *Broker) OnPing(c *gws.Conn, payload []byte) {
+	s := sessionOf(c)
+	s.touch(time.Now())
+	s.send(frame(opPong, payload))
+}
+
+// OnPong implements gws.Event.
+func (b *Broker) OnPong(c *gws.Conn, _ []byte) { sessionOf(c).touch(time.Now()) }
+
+// OnMessage implements gws.Event.
+func (b *Broker) OnMessage(c *gws.Conn, m *gws.Message) {
+	defer m.Close()
+	s := sessionOf(c)
+	now := time.Now()
+	if s.expired(now) || s.closedCode.Load() != 0 {
+		return // closing: nothing more from this socket counts
+	}
+	s.touch(now)
+	if m.Opcode != gws.OpcodeText {
+		s.closeWith(1003, "binary frames not supported", nil)
+		return
+	}
+	s.handle(m.Bytes(), now)
+}

@@ -1,0 +1,89 @@
+package broker
+
+import (
+	"net/http"
+	"strings"
+
+	"github.com/chatd/chatd/authn"
+)
+
+// ServeHTTP upgrades GET /ws. Everything that can refuse the request is
+// checked before the upgrade, so a refusal is a plain HTTP status with a
+// JSON body, never a 400 from inside gws.
+func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet {
+		authn.WriteMethodNotAllowed(w, http.MethodGet)
+		return
+	}
+	if b.draining.Load() {
+		w.Header().Set("Retry-After", "5")
+		authn.WriteError(w, http.StatusServiceUnavailable, "overloaded", "the server is shutting down")
+		b.metrics.handshakes.WithLabelValues("draining").Inc()
+		return
+	}
+	if !b.checkOrigin(r) {
+		authn.WriteError(w, http.StatusForbidden, "origin_not_allowed", "this origin may not open sockets here")
+		b.metrics.handshakes.WithLabelValues("origin_not_allowed").Inc()
+		return
+	}
+	token, offersChat := handshakeToken(r)
+	claims, err := b.opts.Verifier.Verify(token)
+	if err != nil {
+		authn.WriteTokenError(w, err)
+		b.metrics.handshakes.WithLabelValues(authn.Code(err)).Inc()
+		return
+	}
+	if max := b.opts.MaxSockets; max > 0 && b.registry.len() >= max {
+		w.Header().Set("Retry-After", "1")
+		authn.WriteError(w, http.StatusServiceUnavailable, "overloaded", "too many open sockets; try again")
+		b.metrics.handshakes.WithLabelValues("overloaded").Inc()
+		return
+	}
+	if !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+		w.Header().Set("Upgrade", "websocket")
+		authn.WriteError(w, http.StatusUpgradeRequired, "bad_request", "this endpoint only speaks WebSocket")
+		return
+	}
+
+	upgrader := b.upgrader
+	if offersChat {
+		upgrader = b.chatv1
+	}
+	conn, err := upgrader.Upgrade(w, r)
+	if err != nil {
+		// gws has already answered and closed the connection.
+		b.metrics.handshakes.WithLabelValues("bad_handshake").Inc()
+		return
+	}
+	b.metrics.handshakes.WithLabelValues("ok").Inc()
+	s := b.newSession(conn, claims)
+	conn.Session().(*sessionSlot).s = s
+	b.start(s, claims)
+	// ReadLoop runs the session's whole life on its own goroutine; holding
+	// the handler goroutine instead would pin the request's memory.
+	go conn.ReadLoop()
+}
+
+// handshakeToken finds the token in contract order: the Authorization
+// header, a `bearer.<token>` subprotocol entry, then the ?token= query.
+// It also reports whether the client offered the chat.v1 subprotocol.
+func handshakeToken(r *http.Request) (token string, offersChat bool) {
+	var fromProtocol string
+	for _, header := range r.Header.Values("Sec-WebSocket-Protocol") {
+		for _, p := range strings.Split(header, ",") {
+			p = strings.TrimSpace(p)
+			if p == SubProtocol {
+				offersChat = true
+			} else if t, ok := strings.CutPrefix(p, "bearer."); ok && fromProtocol == "" {
+				fromProtocol = t
+			}
+		}
+	}
+	if t := authn.BearerToken(r.Header.Get("Authorization")); t != "" {
+		return t, offersChat
+	}
+	if fromProtocol != "" {
+		return fromProtocol, offersChat
+	}
+	return r.URL.Query().Get("token"), offersChat
+}

@@ -1,0 +1,150 @@
+package broker
+
+import (
+	"errors"
+	"sync"
+)
+
+// Message is one chat message as it is stored and sent: the fields of the
+// `message` frame.
+type Message struct {
+	Room string `json:"room"`
+	Seq  uint64 `json:"seq"`
+	ID   string `json:"id"`
+	From string `json:"from"`
+	Text string `json:"text"`
+	TS   int64  `json:"ts"` // unix milliseconds
+}
+
+// ErrHistoryClosed is returned by a History used after Close.
+var ErrHistoryClosed = errors.New("history closed")
+
+// History is what the broker needs from a message store. Rooms call Append in
+// seq order, one room at a time (the room's lock is held), so a store may rely
+// on seqs arriving in increasing order per room.
+type History interface {
+	// Append stores m. done is called exactly once, with nil when m is
+	// durable as far as the store promises, or with the error that lost it.
+	// A message passed to Append must be visible to After and Before at once,
+	// even before done runs.
+	Append(m Message, done func(error))
+	// After returns up to limit messages of room with seq > since, oldest
+	// first. complete is false when messages after since were pruned, so the
+	// result does not start at since+1.
+	After(room string, since uint64, limit int) (msgs []Message, complete bool, err error)
+	// Before returns the limit latest messages of room with seq < before,
+	// oldest first; before == 0 means the latest page.
+	Before(room string, before uint64, limit int) ([]Message, error)
+	// LastSeq returns the highest seq ever appended to room, 0 if none.
+	LastSeq(room string) (uint64, error)
+	// Close flushes what is pending and releases the store.
+	Close() error
+}
+
+// MemoryHistory keeps the latest messages of each room in a bounded ring. It
+// is fast and forgets everything when the process ends.
+type MemoryHistory struct {
+	perRoom int
+	mu      sync.RWMutex
+	rooms   map[string]*ring
+}
+
+// ring holds the latest messages of one room in seq order.
+type ring struct {
+	msgs  []Message // circular, len == cap once full
+	start int       // index of the oldest message
+	last  uint64    // highest seq ever appended
+}
+
+// NewMemoryHistory returns a History that keeps the latest perRoom messages of
+// each room (1000 if perRoom <= 0).
+func NewMemoryHistory(perRoom int) *MemoryHistory {
+	if perRoom <= 0 {
+		perRoom = 1000
+	}
+	return &MemoryHistory{perRoom: perRoom, rooms: make(map[string]*ring)}
+}
+
+// Append implements History; done runs before Append returns.
+func (h *MemoryHistory) Append(m Message, done func(error)) {
+	h.mu.Lock()
+	r := h.rooms[m.Room]
+	if r == nil {
+		r = &ring{msgs: make([]Message, 0, min(h.perRoom, 64))}
+		h.rooms[m.Room] = r
+	}
+	if len(r.msgs) < h.perRoom {
+		r.msgs = append(r.msgs, m)
+	} else {
+		r.msgs[r.start] = m
+		r.start = (r.start + 1) % len(r.msgs)
+	}
+	r.last = m.Seq
+	h.mu.Unlock()
+	if done != nil {
+		done(nil)
+	}
+}
+
+// at returns the i-th oldest message of r.
+func (r *ring) at(i int) Message { return r.msgs[(r.start+i)%len(r.msgs)] }
+
+// After implements History.
+func (h *MemoryHistory) After(room string, since uint64, limit int) ([]Message, bool, error) {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	r := h.rooms[room]
+	if r == nil || r.last <= since {
+		return nil, true, nil
+	}
+	n := len(r.msgs)
+	// Seqs in the ring are consecutive, so the first wanted index is direct.
+	oldest := r.at(0).Seq
+	first := 0
+	if since >= oldest {
+		first = int(since - oldest + 1)
+	}
+	complete := since+1 >= oldest
+	var out []Message
+	for i := first; i < n && len(out) < limit; i++ {
+		out = append(out, r.at(i))
+	}
+	return out, complete, nil
+}
+
+// Before implements History.
+func (h *MemoryHistory) Before(room string, before uint64, limit int) ([]Message, error) {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	r := h.rooms[room]
+	if r == nil || len(r.msgs) == 0 {
+		return nil, nil
+	}
+	oldest := r.at(0).Seq
+	end := len(r.msgs) // exclusive
+	if before != 0 {
+		if before <= oldest {
+			return nil, nil
+		}
+		end = min(end, int(before-oldest))
+	}
+	start := max(0, end-limit)
+	out := make([]Message, 0, end-start)
+	for i := start; i < end; i++ {
+		out = append(out, r.at(i))
+	}
+	return out, nil
+}
+
+// LastSeq implements History.
+func (h *MemoryHistory) LastSeq(room string) (uint64, error) {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	if r := h.rooms[room]; r != nil {
+		return r.last, nil
+	}
+	return 0, nil
+}
+
+// Close implements History; the memory store has nothing to flush.
+func (h *MemoryHistory) Close() error { return nil }

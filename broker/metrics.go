@@ -1,0 +1,40 @@
+package broker
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// metrics are the broker's Prometheus series.
+type metrics struct {
+	sockets    prometheus.Gauge
+	handshakes *prometheus.CounterVec // by result
+	messages   prometheus.Counter
+	deliveries prometheus.Counter
+	closes     *prometheus.CounterVec // by close code
+	refused    *prometheus.CounterVec // refused requests, by error code
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		sockets: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "chatd_sockets", Help: "Open authenticated WebSocket connections.",
+		}),
+		handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "chatd_handshakes_total", Help: "WebSocket upgrade attempts by result.",
+		}, []string{"result"}),
+		messages: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "chatd_messages_total", Help: "Chat messages accepted and sequenced.",
+		}),
+		deliveries: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "chatd_deliveries_total", Help: "Message frames queued to sockets by fan-out.",
+		}),
+		closes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "chatd_server_closes_total", Help: "Sockets closed by the server, by close code.",
+		}, []string{"code"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "chatd_errors_total", Help: "Error frames sent, by code.",
+		}, []string{"code"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.sockets, m.handshakes, m.messages, m.deliveries, m.closes, m.refused)
+	}
+	return m
+}

@@ -1,0 +1,173 @@
+package broker
+
+import (
+	"net"
+	"sync"
+	"time"
+)
+
+// outbox is one socket's bounded send queue. Frames are shared, already
+// encoded bytes; whatever has queued up while the previous write was in
+// flight goes out in one writev, so a busy socket costs one syscall per
+// batch rather than per frame.
+//
+// gws's own async queue has no bound (notes/gws.md); this one counts bytes
+// and tells the caller when a socket is too slow to keep.
+type outbox struct {
+	conn    net.Conn
+	limit   int           // bytes queued before the socket counts as slow
+	timeout time.Duration // deadline of each write
+
+	mu       sync.Mutex
+	queue    [][]byte
+	spare    [][]byte // the previous batch's slice, reused
+	bytes    int
+	flushing bool // a flusher goroutine owns the connection's writes
+	closing  func()
+	dead     bool
+}
+
+// push queues frame. It returns false, queueing nothing, when the socket is
+// closing or the queue would pass its limit.
+func (o *outbox) push(frame []byte) bool {
+	o.mu.Lock()
+	if o.dead || o.closing != nil {
+		o.mu.Unlock()
+		return !o.dead
+	}
+	if o.bytes+len(frame) > o.limit && o.bytes > 0 {
+		o.mu.Unlock()
+		return false
+	}
+	o.queue = append(o.queue, frame)
+	o.bytes += len(frame)
+	start := !o.flushing
+	o.flushing = true
+	o.mu.Unlock()
+	if start {
+		go o.flush()
+	}
+	return true
+}
+
+// pushForce queues frames past the limit: for bounded bursts the client
+// asked for, such as a replay.
+func (o *outbox) pushForce(frames ...[]byte) {
+	n := 0
+	for _, f := range frames {
+		n += len(f)
+	}
+	o.mu.Lock()
+	if o.dead || o.closing != nil {
+		o.mu.Unlock()
+		return
+	}
+	o.queue = append(o.queue, frames...)
+	o.bytes += n
+	start := !o.flushing
+	o.flushing = true
+	o.mu.Unlock()
+	if start {
+		go o.flush()
+	}
+}
+
+// closeAfter queues last (may be nil) and then runs closeFn once everything
+// queued so far is written. Later pushes are dropped. It reports false if
+// the outbox was already closing or dead.
+func (o *outbox) closeAfter(last []byte, closeFn func()) bool {
+	o.mu.Lock()
+	if o.dead || o.closing != nil {
+		o.mu.Unlock()
+		return false
+	}
+	if last != nil {
+		o.queue = append(o.queue, last)
+		o.bytes += len(last)
+	}
+	o.closing = closeFn
+	start := !o.flushing
+	o.flushing = true
+	o.mu.Unlock()
+	if start {
+		go o.flush()
+	}
+	return true
+}
+
+// kill drops everything queued and unblocks a write in flight. It reports
+// false if the outbox was already dead.
+func (o *outbox) kill() bool {
+	o.mu.Lock()
+	if o.dead {
+		o.mu.Unlock()
+		return false
+	}
+	o.dead = true
+	o.queue, o.spare, o.bytes = nil, nil, 0
+	o.mu.Unlock()
+	// A writer blocked on a peer that does not read returns at once.
+	_ = o.conn.SetWriteDeadline(time.Now())
+	return true
+}
+
+// queued returns the bytes waiting to be written.
+func (o *outbox) queued() int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.bytes
+}
+
+// flush writes batches until the queue is empty, then runs a pending close.
+func (o *outbox) flush() {
+	for {
+		o.mu.Lock()
+		if o.dead {
+			o.flushing = false
+			o.mu.Unlock()
+			return
+		}
+		if len(o.queue) == 0 {
+			closeFn := o.closing
+			o.flushing = false
+			o.mu.Unlock()
+			if closeFn != nil {
+				closeFn()
+			}
+			return
+		}
+		batch := o.queue
+		o.queue = o.spare[:0]
+		o.bytes = 0
+		o.mu.Unlock()
+
+		err := o.write(batch)
+
+		clear(batch) // drop references to shared frames
+		o.mu.Lock()
+		o.spare = batch[:0]
+		o.mu.Unlock()
+		if err != nil {
+			o.kill()
+			_ = o.conn.Close() // the read loop sees it and runs OnClose
+			o.mu.Lock()
+			o.flushing = false
+			o.mu.Unlock()
+			return
+		}
+	}
+}
+
+func (o *outbox) write(batch [][]byte) error {
+	if err := o.conn.SetWriteDeadline(time.Now().Add(o.timeout)); err != nil {
+		return err
+	}
+	if len(batch) == 1 {
+		_, err := o.conn.Write(batch[0])
+		return err
+	}
+	// net.Buffers consumes its slice; give it a copy of the header.
+	bufs := net.Buffers(batch)
+	_, err := bufs.WriteTo(o.conn)
+	return err
+}

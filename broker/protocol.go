@@ -1,0 +1,212 @@
+package broker
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"strconv"
+)
+
+// Limits of the message protocol (PROTOCOL.md).
+const (
+	MaxTextBytes     = 4096
+	MaxRoomNameBytes = 64
+	MaxHistoryLimit  = 200
+	DefaultHistory   = 50
+	maxClientIDBytes = 128
+)
+
+// Error codes of `error` frames.
+const (
+	CodeBadRequest    = "bad_request"
+	CodeUnknownType   = "unknown_type"
+	CodeNotMember     = "not_member"
+	CodeRoomForbidden = "room_forbidden"
+	CodeTooLarge      = "too_large"
+	CodeRateLimited   = "rate_limited"
+	CodeInvalidToken  = "invalid_token"
+	CodeTokenExpired  = "token_expired"
+	CodeTokenRevoked  = "token_revoked"
+)
+
+// ExpiredMessage is the text of the token_expired error that precedes close
+// 4001, as the original tutorial worded it.
+const ExpiredMessage = "Your token is no longer valid. Please reauthenticate."
+
+// request is a client frame. Pointer fields tell "absent" from zero.
+type request struct {
+	Type   string          `json:"type"`
+	Room   string          `json:"room"`
+	Text   *string         `json:"text"`
+	ID     json.RawMessage `json:"id"`
+	Since  *uint64         `json:"since"`
+	Before *uint64         `json:"before"`
+	Limit  *int            `json:"limit"`
+	Token  string          `json:"token"`
+}
+
+// Server frames. Each has its type first so a reader can switch early.
+type (
+	welcomeFrame struct {
+		Type    string   `json:"type"`
+		User    string   `json:"user"`
+		Session string   `json:"session"`
+		Exp     int64    `json:"exp"`
+		Rooms   []string `json:"rooms"`
+	}
+	messageFrame struct {
+		Type string `json:"type"`
+		Message
+	}
+	ackFrame struct {
+		Type string          `json:"type"`
+		ID   json.RawMessage `json:"id"`
+		Room string          `json:"room"`
+		Seq  uint64          `json:"seq"`
+	}
+	joinedFrame struct {
+		Type      string `json:"type"`
+		Room      string `json:"room"`
+		Seq       uint64 `json:"seq"`
+		Recovered *bool  `json:"recovered,omitempty"`
+	}
+	leftFrame struct {
+		Type string `json:"type"`
+		Room string `json:"room"`
+	}
+	presenceFrame struct {
+		Type  string    `json:"type"`
+		Room  string    `json:"room"`
+		Users *[]string `json:"users,omitempty"`
+		Join  string    `json:"join,omitempty"`
+		Leave string    `json:"leave,omitempty"`
+	}
+	historyFrame struct {
+		Type     string    `json:"type"`
+		Room     string    `json:"room"`
+		Messages []Message `json:"messages"`
+	}
+	expiringFrame struct {
+		Type string `json:"type"`
+		Exp  int64  `json:"exp"`
+		In   int64  `json:"in"`
+	}
+	refreshedFrame struct {
+		Type string `json:"type"`
+		Exp  int64  `json:"exp"`
+	}
+	errorFrame struct {
+		Type    string          `json:"type"`
+		Code    string          `json:"code"`
+		Message string          `json:"message"`
+		ID      json.RawMessage `json:"id,omitempty"`
+	}
+)
+
+// WebSocket opcodes we write.
+const (
+	opText = 0x1
+	opPing = 0x9
+	opPong = 0xA
+)
+
+// frame returns a complete unmasked server frame (FIN set) for payload, so
+// one encoding can be queued to any number of sockets and written with
+// others in a single syscall.
+func frame(opcode byte, payload []byte) []byte {
+	n := len(payload)
+	var hdr [10]byte
+	hdr[0] = 0x80 | opcode
+	h := 2
+	switch {
+	case n < 126:
+		hdr[1] = byte(n)
+	case n <= 0xFFFF:
+		hdr[1] = 126
+		binary.BigEndian.PutUint16(hdr[2:], uint16(n))
+		h = 4
+	default:
+		hdr[1] = 127
+		binary.BigEndian.PutUint64(hdr[2:], uint64(n))
+		h = 10
+	}
+	out := make([]byte, h+n)
+	copy(out, hdr[:h])
+	copy(out[h:], payload)
+	return out
+}
+
+// textFrame encodes v as JSON in a text frame.
+func textFrame(v any) []byte {
+	payload, err := json.Marshal(v)
+	if err != nil {
+		// Every frame type above marshals; this is a programming error.
+		panic("broker: encode frame: " + err.Error())
+	}
+	return frame(opText, payload)
+}
+
+// messagePayload encodes a message frame by hand: it is the hot path of
+// fan-out and the generic encoder is several times slower.
+func messagePayload(m *Message) []byte {
+	b := make([]byte, 0, 96+len(m.Room)+len(m.ID)+len(m.From)+len(m.Text)+len(m.Text)/8)
+	b = append(b, `{"type":"message","room":`...)
+	b = appendJSONString(b, m.Room)
+	b = append(b, `,"seq":`...)
+	b = strconv.AppendUint(b, m.Seq, 10)
+	b = append(b, `,"id":`...)
+	b = appendJSONString(b, m.ID)
+	b = append(b, `,"from":`...)
+	b = appendJSONString(b, m.From)
+	b = append(b, `,"text":`...)
+	b = appendJSONString(b, m.Text)
+	b = append(b, `,"ts":`...)
+	b = strconv.AppendInt(b, m.TS, 10)
+	return append(b, '}')
+}
+
+// appendJSONString appends s as a JSON string, escaping like encoding/json
+// (including <, > and & so the frame is safe to embed in HTML).
+func appendJSONString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < 0x20 || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' || c >= 0x80 {
+			// Rare in practice; let encoding/json handle every corner
+			// (invalid UTF-8, U+2028) exactly as elsewhere.
+			var buf bytes.Buffer
+			enc := json.NewEncoder(&buf)
+			_ = enc.Encode(s)
+			return append(b, bytes.TrimRight(buf.Bytes(), "\n")...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
+}
+
+// validRoom reports whether name is 1-64 of A-Za-z0-9_.-.
+func validRoom(name string) bool {
+	if len(name) < 1 || len(name) > MaxRoomNameBytes {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '.' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// validClientID reports whether id, when present, is a short JSON string
+// or number: it is echoed back, so it must not be a vehicle for bulk data.
+func validClientID(id json.RawMessage) bool {
+	if len(id) == 0 {
+		return true
+	}
+	if len(id) > maxClientIDBytes {
+		return false
+	}
+	c := id[0]
+	return c == '"' || c == '-' || (c >= '0' && c <= '9')
+}

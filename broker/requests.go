@@ -1,0 +1,296 @@
+package broker
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"strconv"
+	"time"
+	"unicode/utf8"
+
+	"github.com/chatd/chatd/authn"
+)
+
+// Rate-limit abuse: a socket that keeps sending after this many
+// rate_limited errors within strikeWindow is closed 1008.
+const (
+	maxStrikes   = 10
+	strikeWindow = 10 * time.Second
+)
+
+// handle runs one client frame on the socket's read loop.
+func (s *Session) handle(data []byte, now time.Time) {
+	trimmed := bytes.TrimLeft(data, " \t\r\n")
+	if len(trimmed) > 0 && trimmed[0] != '{' || len(trimmed) == 0 && len(data) > 0 {
+		// Plain text chats in general, so wscat and the tutorial's page work.
+		if s.allow(now, nil) {
+			s.sendText(General, string(data), nil)
+		}
+		return
+	}
+	var req request
+	if err := json.Unmarshal(data, &req); err != nil || len(trimmed) == 0 {
+		if s.allow(now, nil) {
+			s.sendError(CodeBadRequest, "a frame must be a JSON object with a type", nil)
+		}
+		return
+	}
+	if !validClientID(req.ID) {
+		req.ID = nil
+		if s.allow(now, nil) {
+			s.sendError(CodeBadRequest, "id must be a string or number of at most 128 bytes", nil)
+		}
+		return
+	}
+	if !s.allow(now, req.ID) {
+		return
+	}
+	switch req.Type {
+	case "send":
+		if req.Text == nil {
+			s.sendError(CodeBadRequest, "send needs room and text", req.ID)
+			return
+		}
+		s.sendText(req.Room, *req.Text, req.ID)
+	case "join":
+		if !validRoom(req.Room) {
+			s.sendError(CodeBadRequest, "room must be 1-64 of A-Za-z0-9_.-", req.ID)
+			return
+		}
+		if err := s.join(req.Room, req.Since, req.ID, true); err != nil {
+			s.broker.log.Error().Err(err).Str("room", req.Room).Msg("join")
+			s.sendError("internal_error", "the room could not be joined; try again", req.ID)
+		}
+	case "leave":
+		if s.member(req.Room, req.ID) != nil {
+			s.leave(req.Room)
+			s.send(textFrame(leftFrame{Type: "left", Room: req.Room}))
+		}
+	case "history":
+		s.history(&req)
+	case "who":
+		if r := s.member(req.Room, req.ID); r != nil {
+			r.mu.Lock()
+			users := r.userList()
+			r.mu.Unlock()
+			s.send(textFrame(presenceFrame{Type: "presence", Room: req.Room, Users: &users}))
+		}
+	case "refresh":
+		s.refresh(req.Token, req.ID)
+	case "":
+		s.sendError(CodeBadRequest, "type is required", req.ID)
+	default:
+		s.sendError(CodeUnknownType, "unknown type "+strconv.Quote(req.Type), req.ID)
+	}
+}
+
+// allow takes a token from the socket's rate limiter. Past it, the client
+// gets rate_limited; one that keeps on after maxStrikes of those within
+// strikeWindow is closed 1008.
+func (s *Session) allow(now time.Time, id []byte) bool {
+	if s.limiter.AllowN(now, 1) {
+		return true
+	}
+	if len(s.strikes) == maxStrikes && now.Sub(s.strikes[0]) < strikeWindow {
+		s.closeWith(1008, "policy violation", nil)
+		return false
+	}
+	if len(s.strikes) == maxStrikes {
+		s.strikes = append(s.strikes[:0], s.strikes[1:]...)
+	}
+	s.strikes = append(s.strikes, now)
+	s.sendError(CodeRateLimited, "too many messages; slow down", id)
+	return false
+}
+
+// member returns the joined room called name, or answers the request
+// with an error and returns nil.
+func (s *Session) member(name string, id []byte) *Room {
+	if !validRoom(name) {
+		s.sendError(CodeBadRequest, "room must be 1-64 of A-Za-z0-9_.-", id)
+		return nil
+	}
+	r := s.rooms[name]
+	if r == nil {
+		s.sendError(CodeNotMember, "you are not in room "+name, id)
+	}
+	return r
+}
+
+// sendText sequences a chat message and fans it out to the room, then
+// stores it; the sender's ack waits for the store.
+func (s *Session) sendText(room, text string, id []byte) {
+	switch {
+	case len(text) == 0:
+		s.sendError(CodeBadRequest, "text must not be empty", id)
+		return
+	case len(text) > MaxTextBytes:
+		s.sendError(CodeTooLarge, "text is over 4096 bytes", id)
+		return
+	case !utf8.ValidString(text):
+		s.sendError(CodeBadRequest, "text must be UTF-8", id)
+		return
+	}
+	r := s.member(room, id)
+	if r == nil {
+		return
+	}
+	b := s.broker
+	m := Message{Room: room, ID: b.messageID(), From: s.name, Text: text, TS: time.Now().UnixMilli()}
+	var done func(error)
+	if id != nil {
+		done = func(err error) {
+			if err != nil {
+				s.sendError("internal_error", "the message could not be stored", id)
+				return
+			}
+			s.send(textFrame(ackFrame{Type: "ack", ID: id, Room: room, Seq: m.Seq}))
+		}
+	}
+
+	r.mu.Lock()
+	r.seq++
+	m.Seq = r.seq
+	frame := frame(opText, messagePayload(&m))
+	n := r.broadcastLocked(frame, nil)
+	// Append under the lock too: the store sees each room's seqs in order.
+	b.opts.History.Append(m, done)
+	r.mu.Unlock()
+
+	b.metrics.messages.Inc()
+	b.metrics.deliveries.Add(float64(n))
+}
+
+func (b *Broker) messageID() string {
+	return b.msgBase + "-" + strconv.FormatUint(b.nextMsg.Add(1), 36)
+}
+
+// join makes the socket a member of room. With since, the stored messages
+// after it are queued right behind `joined`, under the room's lock, so no
+// live message can come between them, none is missed and none is sent
+// twice. answer is false for the implicit join of general at open.
+func (s *Session) join(name string, since *uint64, id []byte, answer bool) error {
+	if !s.mayJoin(name) {
+		s.sendError(CodeRoomForbidden, "your token does not allow room "+name, id)
+		return nil
+	}
+	if s.rooms[name] == nil && len(s.rooms) >= s.broker.opts.MaxRooms {
+		s.sendError(CodeRoomForbidden, "you are in the most rooms a socket may join ("+strconv.Itoa(s.broker.opts.MaxRooms)+")", id)
+		return nil
+	}
+	b := s.broker
+	r, err := b.rooms.lockLive(name)
+	if err != nil {
+		return err
+	}
+	defer r.mu.Unlock()
+
+	joined := joinedFrame{Type: "joined", Room: name, Seq: r.seq}
+	frames := [][]byte{nil}
+	if since != nil {
+		recovered := true
+		if *since < r.seq {
+			msgs, complete, err := b.opts.History.After(name, *since, int(r.seq-*since))
+			if err != nil {
+				return err
+			}
+			recovered = complete
+			for i := range msgs {
+				frames = append(frames, frame(opText, messagePayload(&msgs[i])))
+			}
+		}
+		joined.Recovered = &recovered
+	}
+	if answer {
+		frames[0] = textFrame(joined)
+	} else {
+		frames = frames[1:]
+	}
+	if s.rooms[name] == nil {
+		if r.addLocked(s) {
+			r.broadcastLocked(textFrame(presenceFrame{Type: "presence", Room: name, Join: s.name}), s)
+		}
+		s.rooms[name] = r
+	}
+	// A replay may be larger than the queue bound; it is bounded by the
+	// history kept, and evicting a client for catching up would be absurd.
+	s.out.pushForce(frames...)
+	return nil
+}
+
+// leave removes the socket from room, telling the others if it was the
+// user's last socket there.
+func (s *Session) leave(name string) {
+	r := s.rooms[name]
+	if r == nil {
+		return
+	}
+	delete(s.rooms, name)
+	r.mu.Lock()
+	if _, last := r.removeLocked(s); last {
+		r.broadcastLocked(textFrame(presenceFrame{Type: "presence", Room: name, Leave: s.name}), nil)
+	}
+	empty := len(r.members) == 0
+	r.mu.Unlock()
+	if empty {
+		s.broker.rooms.dropIfEmpty(r)
+	}
+}
+
+// history answers a page of stored messages.
+func (s *Session) history(req *request) {
+	limit := DefaultHistory
+	if req.Limit != nil {
+		limit = *req.Limit
+		if limit < 1 || limit > MaxHistoryLimit {
+			s.sendError(CodeBadRequest, "limit must be 1-200", req.ID)
+			return
+		}
+	}
+	if s.member(req.Room, req.ID) == nil {
+		return
+	}
+	var before uint64
+	if req.Before != nil {
+		before = *req.Before
+		if before == 0 {
+			s.send(textFrame(historyFrame{Type: "history", Room: req.Room, Messages: []Message{}}))
+			return
+		}
+	}
+	msgs, err := s.broker.opts.History.Before(req.Room, before, limit)
+	if err != nil {
+		s.broker.log.Error().Err(err).Str("room", req.Room).Msg("history")
+		s.sendError("internal_error", "history is unavailable; try again", req.ID)
+		return
+	}
+	if msgs == nil {
+		msgs = []Message{}
+	}
+	s.send(textFrame(historyFrame{Type: "history", Room: req.Room, Messages: msgs}))
+}
+
+// refresh moves the socket's expiry to a new token's, if the token is
+// valid and for the same user; otherwise nothing changes.
+func (s *Session) refresh(token string, id []byte) {
+	if token == "" {
+		s.sendError(CodeBadRequest, "refresh needs a token", id)
+		return
+	}
+	c, err := s.broker.opts.Verifier.Verify(token)
+	if err != nil {
+		code := authn.Code(err)
+		if errors.Is(err, authn.ErrMissingToken) {
+			code = CodeInvalidToken
+		}
+		s.sendError(code, "the token was refused: "+code, id)
+		return
+	}
+	if c.Subject != s.sub {
+		s.sendError(CodeInvalidToken, "the token is for another user", id)
+		return
+	}
+	s.addJTI(c.ID)
+	s.schedule(c.ExpiresAt())
+	s.send(textFrame(refreshedFrame{Type: "refreshed", Exp: c.ExpiresAt().Unix()}))
+}

@@ -1,0 +1,196 @@
+package broker
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/chatd/chatd/authn"
+	"github.com/chatd/chatd/broker/wheel"
+	"github.com/lxzan/gws"
+	"golang.org/x/time/rate"
+)
+
+// Session is one authenticated socket.
+type Session struct {
+	id     string
+	name   string // the token's name, shown to others
+	sub    string
+	broker *Broker
+	conn   *gws.Conn
+	out    outbox
+
+	// Touched only by the socket's read loop (and by the handler before
+	// the loop starts), so they need no lock.
+	rooms    map[string]*Room
+	mayJoin  func(string) bool
+	limiter  *rate.Limiter
+	strikes  []time.Time // recent rate_limited errors
+	lastRead time.Time   // when the read deadline was last pushed back
+
+	mu   sync.Mutex // guards jtis: logout may look while a refresh adds
+	jtis []string   // every token this socket has held
+
+	exp        atomic.Int64 // the current token's exp, unix seconds
+	closeAt    atomic.Int64 // unix nanos: exp + leeway
+	expire     *wheel.Timer
+	warn       *wheel.Timer
+	closedCode atomic.Uint32 // the code the server closed with, once it did
+}
+
+// sessionSlot is the gws SessionStorage of a connection. It holds only the
+// *Session, written before the read loop starts and read only by it; the
+// default storage, a map behind a mutex, would be paid on every frame.
+type sessionSlot struct{ s *Session }
+
+// Len implements gws.SessionStorage.
+func (x *sessionSlot) Len() int { return 1 }
+
+// Load implements gws.SessionStorage.
+func (x *sessionSlot) Load(string) (any, bool) { return x.s, x.s != nil }
+
+// Delete implements gws.SessionStorage; the slot is never emptied.
+func (x *sessionSlot) Delete(string) {}
+
+// Store implements gws.SessionStorage; the slot is set directly.
+func (x *sessionSlot) Store(string, any) {}
+
+// Range implements gws.SessionStorage.
+func (x *sessionSlot) Range(f func(string, any) bool) { f("session", x.s) }
+
+func sessionOf(c *gws.Conn) *Session { return c.Session().(*sessionSlot).s }
+
+// newID returns 64 random bits in hex.
+func newID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+func (b *Broker) newSession(conn *gws.Conn, c *authn.Claims) *Session {
+	s := &Session{
+		id:      newID(),
+		name:    c.Name,
+		sub:     c.Subject,
+		broker:  b,
+		conn:    conn,
+		rooms:   make(map[string]*Room),
+		mayJoin: c.MayJoin,
+		limiter: rate.NewLimiter(rate.Limit(b.opts.RateLimit), max(1, int(2*b.opts.RateLimit))),
+		jtis:    []string{c.ID},
+	}
+	s.out = outbox{conn: conn.NetConn(), limit: b.opts.SendQueueBytes, timeout: b.opts.WriteTimeout}
+	s.expire = wheel.NewTimer(s.onExpire)
+	s.warn = wheel.NewTimer(s.onWarn)
+	return s
+}
+
+// send queues frame; a socket whose queue is full is evicted.
+func (s *Session) send(frame []byte) {
+	if !s.out.push(frame) {
+		s.slow()
+	}
+}
+
+// slow evicts a socket that does not keep up with close 4008, without
+// waiting for the frames queued before it.
+func (s *Session) slow() {
+	if !s.closedCode.CompareAndSwap(0, 4008) {
+		return
+	}
+	s.broker.metrics.closes.WithLabelValues("4008").Inc()
+	if s.out.kill() {
+		// WriteClose can block until its deadline: never on the caller's
+		// goroutine, which may be fanning out under a room lock.
+		go func() {
+			_ = s.conn.NetConn().SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+			_ = s.conn.WriteClose(4008, []byte("slow consumer"))
+		}()
+	}
+}
+
+// closeWith sends last (if not nil) and then the close frame, after
+// everything already queued. Only the first close of a socket counts.
+func (s *Session) closeWith(code uint16, reason string, last []byte) {
+	if !s.closedCode.CompareAndSwap(0, uint32(code)) {
+		return
+	}
+	s.broker.metrics.closes.WithLabelValues(strconv.Itoa(int(code))).Inc()
+	s.out.closeAfter(last, func() { _ = s.conn.WriteClose(code, []byte(reason)) })
+}
+
+// abort drops the connection without a close frame (drain timeout).
+func (s *Session) abort() {
+	s.out.kill()
+	_ = s.conn.NetConn().Close()
+}
+
+// errorFrame sends an `error` frame answering a request with id.
+func (s *Session) sendError(code, message string, id []byte) {
+	s.broker.metrics.refused.WithLabelValues(code).Inc()
+	s.send(textFrame(errorFrame{Type: "error", Code: code, Message: message, ID: id}))
+}
+
+// addJTI records a token the socket now holds, for logout.
+func (s *Session) addJTI(jti string) {
+	s.mu.Lock()
+	s.jtis = append(s.jtis, jti)
+	s.mu.Unlock()
+	s.broker.registry.addJTI(s, jti)
+}
+
+func (s *Session) heldJTIs() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.jtis...)
+}
+
+// schedule puts the socket's close at exp + leeway on the wheel, and the
+// `expiring` warning before it when there is time for one to be useful.
+func (s *Session) schedule(exp time.Time) {
+	b := s.broker
+	closeAt := exp.Add(b.opts.Leeway)
+	s.exp.Store(exp.Unix())
+	s.closeAt.Store(closeAt.UnixNano())
+	b.wheel.Schedule(s.expire, closeAt)
+	if time.Until(closeAt) > 2*b.opts.ExpiryWarning {
+		b.wheel.Schedule(s.warn, closeAt.Add(-b.opts.ExpiryWarning))
+	} else {
+		b.wheel.Cancel(s.warn)
+	}
+}
+
+// expired reports whether the socket's close time has come.
+func (s *Session) expired(now time.Time) bool { return now.UnixNano() >= s.closeAt.Load() }
+
+// onExpire runs on the wheel's goroutine: it only queues, never writes.
+func (s *Session) onExpire() {
+	if !s.expired(time.Now()) {
+		return // a refresh moved the close after the wheel picked it up
+	}
+	s.closeWith(4001, "token expired",
+		textFrame(errorFrame{Type: "error", Code: CodeTokenExpired, Message: ExpiredMessage}))
+}
+
+func (s *Session) onWarn() {
+	left := time.Until(time.Unix(0, s.closeAt.Load()))
+	if left > s.broker.opts.ExpiryWarning+time.Second {
+		return // stale: a refresh moved the close
+	}
+	secs := int64((left + time.Second/2) / time.Second)
+	s.send(textFrame(expiringFrame{Type: "expiring", Exp: s.exp.Load(), In: max(0, secs)}))
+}
+
+// touch pushes the read deadline back: a peer that sends nothing, not even
+// a pong, for IdleTimeout is gone. At most once a second, as it is paid on
+// every frame.
+func (s *Session) touch(now time.Time) {
+	if now.Sub(s.lastRead) < time.Second {
+		return
+	}
+	s.lastRead = now
+	_ = s.conn.SetReadDeadline(now.Add(s.broker.opts.IdleTimeout))
+}

@@ -1,0 +1,179 @@
+// Package wheel is a hashed timing wheel: one goroutine fires any number of
+// timers, scheduling and cancelling are O(1), and no timer ever fires before
+// its time.
+//
+// chatd keeps two timers per socket (the expiry warning and the close), so
+// at tens of thousands of sockets a runtime timer each would cost memory and
+// contention for nothing: the wheel needs one ticking goroutine in all.
+package wheel
+
+import (
+	"sync"
+	"time"
+)
+
+// Timer is one scheduled callback. Its zero value is not usable; make it
+// with NewTimer. A Timer belongs to at most one Wheel.
+type Timer struct {
+	fire       func()
+	tick       int64 // the tick at which it fires
+	prev, next *Timer
+	slot       *Timer // the slot's sentinel while scheduled, else nil
+}
+
+// NewTimer returns an unscheduled timer that calls fire when it expires.
+// fire runs on the wheel's goroutine: it must be quick and must not block.
+func NewTimer(fire func()) *Timer { return &Timer{fire: fire} }
+
+// Wheel fires timers at tick granularity: a timer for t fires on the first
+// tick at or after t, so it is late by less than a tick plus scheduling
+// delay, and never early.
+type Wheel struct {
+	tick  time.Duration
+	start time.Time // wall clock of tick 0
+
+	mu      sync.Mutex
+	slots   []Timer // sentinels of circular lists
+	current int64   // the last tick processed
+	count   int
+
+	stop chan struct{}
+	done chan struct{}
+}
+
+// New starts a wheel that ticks every tick (5ms if tick <= 0) with slots
+// buckets (4096 if slots <= 0). Timers further ahead than tick*slots wait
+// in their bucket for more than one turn; that costs a look per turn.
+func New(tick time.Duration, slots int) *Wheel {
+	if tick <= 0 {
+		tick = 5 * time.Millisecond
+	}
+	if slots <= 0 {
+		slots = 4096
+	}
+	w := &Wheel{
+		tick:  tick,
+		start: time.Now().Round(0), // wall clock: expiry times are wall times
+		slots: make([]Timer, slots),
+		stop:  make(chan struct{}),
+		done:  make(chan struct{}),
+	}
+	for i := range w.slots {
+		s := &w.slots[i]
+		s.prev, s.next = s, s
+	}
+	go w.run()
+	return w
+}
+
+// tickOf returns the first tick whose time is at or after t.
+func (w *Wheel) tickOf(t time.Time) int64 {
+	d := t.Sub(w.start)
+	n := int64(d / w.tick)
+	if d%w.tick > 0 {
+		n++
+	}
+	return n
+}
+
+// Schedule sets t to fire at when, replacing any earlier schedule. A time
+// already past fires on the next tick.
+func (w *Wheel) Schedule(t *Timer, at time.Time) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if t.slot != nil {
+		w.unlink(t)
+	}
+	n := w.tickOf(at)
+	if n <= w.current {
+		n = w.current + 1
+	}
+	t.tick = n
+	s := &w.slots[n%int64(len(w.slots))]
+	t.slot = s
+	t.prev, t.next = s.prev, s
+	s.prev.next = t
+	s.prev = t
+	w.count++
+}
+
+// Cancel unschedules t and reports whether it was scheduled.
+func (w *Wheel) Cancel(t *Timer) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if t.slot == nil {
+		return false
+	}
+	w.unlink(t)
+	return true
+}
+
+// Len returns how many timers are scheduled.
+func (w *Wheel) Len() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.count
+}
+
+func (w *Wheel) unlink(t *Timer) {
+	t.prev.next = t.next
+	t.next.prev = t.prev
+	t.prev, t.next, t.slot = nil, nil, nil
+	w.count--
+}
+
+// Stop ends the wheel's goroutine; timers still scheduled never fire.
+func (w *Wheel) Stop() {
+	select {
+	case <-w.stop:
+	default:
+		close(w.stop)
+	}
+	<-w.done
+}
+
+func (w *Wheel) run() {
+	defer close(w.done)
+	sleep := time.NewTimer(w.tick)
+	defer sleep.Stop()
+	var due []*Timer
+	for {
+		select {
+		case <-w.stop:
+			return
+		case <-sleep.C:
+		}
+		now := time.Now().Round(0)
+		due = w.advance(now, due[:0])
+		for i, t := range due {
+			t.fire()
+			due[i] = nil // let fired timers' owners be collected
+		}
+		w.mu.Lock()
+		next := w.start.Add(time.Duration(w.current+1) * w.tick)
+		w.mu.Unlock()
+		sleep.Reset(max(0, time.Until(next)))
+	}
+}
+
+// advance processes every tick whose time has come by now and returns the
+// timers that are due.
+func (w *Wheel) advance(now time.Time, due []*Timer) []*Timer {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	// The last tick whose time is at or before now.
+	target := int64(now.Sub(w.start) / w.tick)
+	for w.current < target {
+		w.current++
+		s := &w.slots[w.current%int64(len(w.slots))]
+		for t := s.next; t != s; {
+			next := t.next
+			if t.tick <= w.current {
+				w.unlink(t)
+				due = append(due, t)
+			}
+			t = next
+		}
+	}
+	return due
+}

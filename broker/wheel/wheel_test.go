@@ -1,0 +1,101 @@
+package wheel
+
+import (
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestNeverEarlyAndPrompt(t *testing.T) {
+	w := New(2*time.Millisecond, 64) // few slots: most timers go round more than once
+	defer w.Stop()
+	const n = 2000
+	var wg sync.WaitGroup
+	wg.Add(n)
+	late := make([]time.Duration, n)
+	base := time.Now()
+	for i := range n {
+		at := base.Add(time.Duration(rand.IntN(400)) * time.Millisecond)
+		w.Schedule(NewTimer(func() {
+			late[i] = time.Since(at)
+			wg.Done()
+		}), at)
+	}
+	wg.Wait()
+	for i, d := range late {
+		if d < 0 {
+			t.Fatalf("timer %d fired %v early", i, -d)
+		}
+		if d > 200*time.Millisecond {
+			t.Errorf("timer %d fired %v late", i, d)
+		}
+	}
+	if w.Len() != 0 {
+		t.Errorf("Len = %d after all fired", w.Len())
+	}
+}
+
+func TestCancelAndReschedule(t *testing.T) {
+	w := New(time.Millisecond, 16)
+	defer w.Stop()
+	fired := make(chan string, 3)
+	cancelled := NewTimer(func() { fired <- "cancelled" })
+	moved := NewTimer(func() { fired <- "moved" })
+	marker := NewTimer(func() { fired <- "marker" })
+
+	now := time.Now()
+	w.Schedule(cancelled, now.Add(20*time.Millisecond))
+	w.Schedule(moved, now.Add(10*time.Millisecond))
+	if !w.Cancel(cancelled) {
+		t.Fatal("Cancel of a scheduled timer reported false")
+	}
+	if w.Cancel(cancelled) {
+		t.Fatal("second Cancel reported true")
+	}
+	w.Schedule(moved, now.Add(60*time.Millisecond)) // moved later: O(1) re-link
+	w.Schedule(marker, now.Add(40*time.Millisecond))
+
+	if got := <-fired; got != "marker" {
+		t.Fatalf("first to fire = %q, want marker", got)
+	}
+	if got := <-fired; got != "moved" {
+		t.Fatalf("second to fire = %q, want moved", got)
+	}
+	if since := time.Since(now); since < 60*time.Millisecond {
+		t.Fatalf("moved timer fired after %v, before its new time", since)
+	}
+	select {
+	case got := <-fired:
+		t.Fatalf("%q fired after being cancelled", got)
+	case <-time.After(50 * time.Millisecond):
+	}
+}
+
+func TestPastTimeFiresNextTick(t *testing.T) {
+	w := New(time.Millisecond, 8)
+	defer w.Stop()
+	done := make(chan struct{})
+	w.Schedule(NewTimer(func() { close(done) }), time.Now().Add(-time.Hour))
+	select {
+	case <-done:
+	case <-time.After(time.Second):
+		t.Fatal("a timer in the past did not fire")
+	}
+}
+
+func BenchmarkScheduleCancel(b *testing.B) {
+	w := New(5*time.Millisecond, 4096)
+	defer w.Stop()
+	timers := make([]*Timer, 1024)
+	for i := range timers {
+		timers[i] = NewTimer(func() {})
+	}
+	at := time.Now().Add(time.Hour)
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		t := timers[i%len(timers)]
+		w.Schedule(t, at.Add(time.Duration(i)*time.Millisecond))
+		w.Cancel(t)
+	}
+}

@@ -1,0 +1,135 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Config is everything chatd is told at start, from flags and CHATD_*
+// environment variables.
+type Config struct {
+	Addr             string
+	DataDir          string
+	JWTSecret        string
+	TokenTTL         time.Duration
+	JWTLeeway        time.Duration
+	SessionMax       time.Duration
+	ExpiryWarning    time.Duration
+	AllowedOrigins   string
+	OpenRegistration bool
+	MaxMessageBytes  int
+	RateLimit        float64
+	SendQueueBytes   int
+	DrainTimeout     time.Duration
+	NATS             string
+	LogLevel         string
+	LogFormat        string
+
+	// Beyond the contract's table; documented in the README.
+	History        string
+	HistoryPerRoom int
+	HistoryMaxAge  time.Duration
+	MaxSockets     int
+	MaxRooms       int
+	BcryptCost     int
+	PingInterval   time.Duration
+	IdleTimeout    time.Duration
+}
+
+// newFlagSet declares chatd's flags on cfg.
+func newFlagSet(name string, cfg *Config) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.StringVar(&cfg.Addr, "addr", ":3000", "listen address")
+	fs.StringVar(&cfg.DataDir, "data-dir", "./chatd-data", "embedded store: users, history, revocations, generated secret")
+	fs.StringVar(&cfg.JWTSecret, "jwt-secret", "", "HS256 key, at least 32 bytes (default: generated once, kept in the data dir)")
+	fs.DurationVar(&cfg.TokenTTL, "token-ttl", 15*time.Minute, "lifetime of issued tokens")
+	fs.DurationVar(&cfg.JWTLeeway, "jwt-leeway", 0, "clock-skew allowance for exp, nbf and iat")
+	fs.DurationVar(&cfg.SessionMax, "session-max", 24*time.Hour, "how long a chain of refreshes may extend one login")
+	fs.DurationVar(&cfg.ExpiryWarning, "expiry-warning", 30*time.Second, "send `expiring` this long before a socket's close")
+	fs.StringVar(&cfg.AllowedOrigins, "allowed-origins", "", "comma list of origins allowed to open /ws; * for any (default: the same host)")
+	fs.BoolVar(&cfg.OpenRegistration, "open-registration", true, "whether POST /register creates accounts")
+	fs.IntVar(&cfg.MaxMessageBytes, "max-message-bytes", 16384, "largest WebSocket message; larger closes 1009")
+	fs.Float64Var(&cfg.RateLimit, "rate-limit", 20, "messages per second per socket (burst twice that)")
+	fs.IntVar(&cfg.SendQueueBytes, "send-queue-bytes", 1<<20, "bytes queued to one socket before it is closed 4008")
+	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", 10*time.Second, "how long a graceful shutdown waits")
+	fs.StringVar(&cfg.NATS, "nats", "", "NATS URL for cluster mode (empty: single node)")
+	fs.StringVar(&cfg.LogLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&cfg.LogFormat, "log-format", "", "console or json (default: console on a terminal, else json)")
+	fs.StringVar(&cfg.History, "history", "bolt", "message store: bolt (durable, in the data dir) or memory")
+	fs.IntVar(&cfg.HistoryPerRoom, "history-per-room", 10000, "messages kept per room")
+	fs.DurationVar(&cfg.HistoryMaxAge, "history-max-age", 0, "drop messages older than this (0: keep by count only)")
+	fs.IntVar(&cfg.MaxSockets, "max-sockets", 0, "open sockets before /ws answers 503 (0: no limit)")
+	fs.IntVar(&cfg.MaxRooms, "max-rooms", 100, "rooms one socket may be in")
+	fs.IntVar(&cfg.BcryptCost, "bcrypt-cost", 10, "bcrypt cost of new password hashes (4-31)")
+	fs.DurationVar(&cfg.PingInterval, "ping-interval", 25*time.Second, "how often the server pings each socket")
+	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", 60*time.Second, "close a socket that sends nothing (not even a pong) this long")
+	return fs
+}
+
+// parse fills cfg from args, with CHATD_<FLAG> variables as defaults: a flag
+// on the command line wins over its variable.
+func parse(fs *flag.FlagSet, args []string, getenv func(string) string) error {
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		env := "CHATD_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v := getenv(env); v != "" && err == nil {
+			if e := f.Value.Set(v); e != nil {
+				err = fmt.Errorf("%s=%q: %w", env, v, e)
+			}
+		}
+	})
+	if err != nil {
+		return err
+	}
+	return fs.Parse(args)
+}
+
+// validate refuses settings chatd cannot run with.
+func (c *Config) validate() error {
+	var errs []error
+	if c.JWTSecret != "" && len(c.JWTSecret) < 32 {
+		errs = append(errs, fmt.Errorf("--jwt-secret is %d bytes; it must be at least 32 (use a random value, e.g. `openssl rand -hex 32`)", len(c.JWTSecret)))
+	}
+	if c.TokenTTL <= 0 {
+		errs = append(errs, errors.New("--token-ttl must be positive"))
+	}
+	if c.JWTLeeway < 0 {
+		errs = append(errs, errors.New("--jwt-leeway must not be negative"))
+	}
+	if c.SessionMax < c.TokenTTL {
+		errs = append(errs, errors.New("--session-max must be at least --token-ttl"))
+	}
+	if c.MaxMessageBytes < 64 {
+		errs = append(errs, errors.New("--max-message-bytes must be at least 64"))
+	}
+	if c.RateLimit <= 0 {
+		errs = append(errs, errors.New("--rate-limit must be positive"))
+	}
+	if c.SendQueueBytes < 1024 {
+		errs = append(errs, errors.New("--send-queue-bytes must be at least 1024"))
+	}
+	if c.History != "bolt" && c.History != "memory" {
+		errs = append(errs, fmt.Errorf("--history %q: use bolt or memory", c.History))
+	}
+	if c.BcryptCost < 4 || c.BcryptCost > 31 {
+		errs = append(errs, errors.New("--bcrypt-cost must be 4-31"))
+	}
+	if c.NATS != "" {
+		errs = append(errs, errors.New("--nats: cluster mode is not built yet; run without --nats for a single node"))
+	}
+	return errors.Join(errs...)
+}
+
+// origins splits --allowed-origins.
+func (c *Config) origins() []string {
+	var out []string
+	for _, o := range strings.Split(c.AllowedOrigins, ",") {
+		if o = strings.TrimSpace(o); o != "" {
+			out = append(out, strings.TrimRight(o, "/"))
+		}
+	}
+	return out
+}

@@ -1,0 +1,265 @@
+// Command chatd is a chat server: users log in over HTTP, get a JWT, and
+// hold a WebSocket that the token authenticates until it expires.
+//
+//	chatd [flags]                         serve (see --help)
+//	chatd user add [--data-dir DIR] NAME  add a user; password on stdin
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/chatd/chatd/assets"
+	"github.com/chatd/chatd/authn"
+	"github.com/chatd/chatd/broker"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/rs/zerolog"
+	bolt "go.etcd.io/bbolt"
+	"golang.org/x/term"
+)
+
+func main() {
+	if err := run(os.Args[1:], os.Stdin, os.Stderr, os.Getenv); err != nil {
+		if !errors.Is(err, errUsage) {
+			fmt.Fprintln(os.Stderr, "chatd:", err)
+		}
+		os.Exit(2)
+	}
+}
+
+// errUsage means the flag package has already explained the problem.
+var errUsage = errors.New("usage")
+
+func run(args []string, stdin io.Reader, stderr io.Writer, getenv func(string) string) error {
+	if len(args) >= 2 && args[0] == "user" && args[1] == "add" {
+		return userAdd(args[2:], stdin, stderr, getenv)
+	}
+	var cfg Config
+	fs := newFlagSet("chatd", &cfg)
+	fs.SetOutput(stderr)
+	if err := parse(fs, args, getenv); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return errUsage
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q (did you mean `chatd user add NAME`?)", fs.Arg(0))
+	}
+	if err := cfg.validate(); err != nil {
+		return err
+	}
+	log, err := newLogger(cfg.LogLevel, cfg.LogFormat, stderr)
+	if err != nil {
+		return err
+	}
+	return serve(cfg, log)
+}
+
+// openStore opens (creating) the one database file in dir.
+func openStore(dir string) (*bolt.DB, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("open store: create data dir: %w", err)
+	}
+	path := filepath.Join(dir, "chatd.db")
+	// The timeout turns "another chatd holds this file" into an error
+	// instead of a silent hang.
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
+	if errors.Is(err, bolt.ErrTimeout) {
+		return nil, fmt.Errorf("open store %s: it is locked; is another chatd using this data dir?", path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open store %s: %w (is it a chatd data file? move it away to start afresh)", path, err)
+	}
+	return db, nil
+}
+
+func newLogger(level, format string, w io.Writer) (zerolog.Logger, error) {
+	lvl, err := zerolog.ParseLevel(level)
+	if err != nil || level == "" {
+		return zerolog.Logger{}, fmt.Errorf("--log-level %q: use debug, info, warn or error", level)
+	}
+	if format == "" {
+		format = "json"
+		if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+			format = "console"
+		}
+	}
+	switch format {
+	case "json":
+	case "console":
+		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.TimeOnly}
+	default:
+		return zerolog.Logger{}, fmt.Errorf("--log-format %q: use console or json", format)
+	}
+	return zerolog.New(w).Level(lvl).With().Timestamp().Logger(), nil
+}
+
+func serve(cfg Config, log zerolog.Logger) error {
+	db, err := openStore(cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+
+	secret := []byte(cfg.JWTSecret)
+	if len(secret) == 0 {
+		if secret, err = authn.LoadOrCreateSecret(db); err != nil {
+			return err
+		}
+	}
+	revoked, err := authn.NewRevocations(db, nil)
+	if err != nil {
+		return err
+	}
+	tokens, err := authn.NewTokens(authn.TokenConfig{
+		Secret: secret, TTL: cfg.TokenTTL, SessionMax: cfg.SessionMax, Leeway: cfg.JWTLeeway, Revoked: revoked,
+	})
+	if err != nil {
+		return err
+	}
+	users, err := authn.NewUsers(db, cfg.BcryptCost)
+	if err != nil {
+		return err
+	}
+	history, err := openHistory(cfg, db, log)
+	if err != nil {
+		return err
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	b := broker.New(broker.Options{
+		Verifier:        tokens,
+		History:         history,
+		AllowedOrigins:  cfg.origins(),
+		MaxMessageBytes: cfg.MaxMessageBytes,
+		RateLimit:       cfg.RateLimit,
+		SendQueueBytes:  cfg.SendQueueBytes,
+		ExpiryWarning:   cfg.ExpiryWarning,
+		Leeway:          cfg.JWTLeeway,
+		MaxRooms:        cfg.MaxRooms,
+		MaxSockets:      cfg.MaxSockets,
+		PingInterval:    cfg.PingInterval,
+		IdleTimeout:     cfg.IdleTimeout,
+		Log:             log,
+		Metrics:         reg,
+	})
+	auth := authn.NewService(users, tokens, revoked, authn.ServiceConfig{
+		OpenRegistration: cfg.OpenRegistration,
+		OnRevoke:         b.Revoke,
+		Log:              log.With().Str("component", "authn").Logger(),
+	})
+
+	mux := http.NewServeMux()
+	auth.Register(mux)
+	mux.Handle("/ws", b)
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		writeStatus(w, http.StatusOK, "ok")
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		if b.Draining() {
+			writeStatus(w, http.StatusServiceUnavailable, "draining")
+			return
+		}
+		writeStatus(w, http.StatusOK, "ready")
+	})
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{EnableOpenMetrics: true}))
+	mux.Handle("/", assets.Handler())
+
+	srv := &http.Server{
+		Handler:           accessLog(log.With().Str("component", "http").Logger(), mux),
+		ReadHeaderTimeout: 5 * time.Second, // slowloris on the upgrade request
+		MaxHeaderBytes:    16 << 10,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          nil,
+	}
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", cfg.Addr, err)
+	}
+	log.Info().Str("component", "main").Str("addr", ln.Addr().String()).Str("data_dir", cfg.DataDir).
+		Str("history", cfg.History).Msg("chatd listening")
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	select {
+	case err := <-served:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	stop()
+
+	log.Info().Str("component", "main").Dur("timeout", cfg.DrainTimeout).Msg("draining")
+	drain, cancel := context.WithTimeout(context.Background(), cfg.DrainTimeout)
+	defer cancel()
+	go func() { _ = srv.Shutdown(drain) }() // stops the listener; sockets are the broker's
+	if err := b.Shutdown(drain); err != nil {
+		log.Warn().Str("component", "main").Err(err).Msg("drain timed out; sockets dropped")
+	}
+	// Every acked message is already stored; this flushes those still
+	// waiting for their commit.
+	if err := history.Close(); err != nil {
+		return fmt.Errorf("flush history: %w", err)
+	}
+	log.Info().Str("component", "main").Msg("stopped")
+	return nil
+}
+
+func openHistory(cfg Config, db *bolt.DB, log zerolog.Logger) (broker.History, error) {
+	return broker.NewMemoryHistory(cfg.HistoryPerRoom), nil
+}
+
+func writeStatus(w http.ResponseWriter, status int, text string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	fmt.Fprintf(w, "{\"status\":%q}\n", text)
+}
+
+// userAdd implements `chatd user add [--data-dir DIR] NAME`.
+func userAdd(args []string, stdin io.Reader, stderr io.Writer, getenv func(string) string) error {
+	var cfg Config
+	fs := newFlagSet("chatd user add", &cfg)
+	fs.SetOutput(stderr)
+	if err := parse(fs, args, getenv); err != nil {
+		return errUsage
+	}
+	if fs.NArg() != 1 {
+		return errors.New("usage: chatd user add [--data-dir DIR] NAME (password on the first line of stdin)")
+	}
+	line, err := bufio.NewReader(stdin).ReadString('\n')
+	if err != nil && !(errors.Is(err, io.EOF) && line != "") {
+		return errors.New("read password: give it as the first line of standard input")
+	}
+	password := strings.TrimRight(line, "\r\n")
+	db, err := openStore(cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	users, err := authn.NewUsers(db, cfg.BcryptCost)
+	if err != nil {
+		return err
+	}
+	if _, err := users.Add(fs.Arg(0), password); err != nil {
+		return fmt.Errorf("add user %s: %w", fs.Arg(0), err)
+	}
+	fmt.Fprintf(stderr, "user %s added\n", fs.Arg(0))
+	return nil
+}
