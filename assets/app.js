@@ -183,6 +183,7 @@
     el.messages.replaceChildren();
     el.who.replaceChildren();
     el.input.value = '';
+    setStatus('disconnected', 'disconnected');
     document.title = 'chatd';
     el.chat.hidden = true;
     el.auth.hidden = false;

@@ -199,7 +199,7 @@ func (s *Service) handleLogout(w http.ResponseWriter, r *http.Request) {
 	}
 	// Keep the entry past exp by the leeway: until then Verify could still
 	// accept the token.
-	if err := s.revoked.Revoke(claims.ID, claims.ExpiresAt().Add(s.tokens.Leeway())); err != nil {
+	if err := s.revoked.Revoke(claims.ID, claims.Expiry().Add(s.tokens.Leeway())); err != nil {
 		s.cfg.Log.Error().Err(err).Msg("logout")
 		WriteError(w, http.StatusInternalServerError, "internal", "could not revoke the token")
 		return
@@ -223,7 +223,7 @@ func (s *Service) bearer(w http.ResponseWriter, r *http.Request) (*Claims, bool)
 }
 
 func (s *Service) writeToken(w http.ResponseWriter, issued *Issued) {
-	exp := issued.Claims.ExpiresAt().Unix()
+	exp := issued.Claims.Expiry().Unix()
 	writeJSON(w, http.StatusOK, TokenResponse{
 		Token:     issued.Token,
 		TokenType: "Bearer",

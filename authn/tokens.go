@@ -29,8 +29,8 @@ type Claims struct {
 	Rooms []string `json:"rooms,omitempty"`
 }
 
-// ExpiresAt returns the token's exp as a time (zero if unset).
-func (c *Claims) ExpiresAt() time.Time {
+// Expiry returns the token's exp as a time (zero if unset).
+func (c *Claims) Expiry() time.Time {
 	if c.RegisteredClaims.ExpiresAt == nil {
 		return time.Time{}
 	}

@@ -23,10 +23,10 @@ func (b *Broker) start(s *Session, c *authn.Claims) {
 	if c.MayJoin(General) {
 		rooms = append(rooms, General)
 	}
-	s.send(textFrame(welcomeFrame{Type: "welcome", User: s.name, Session: s.id, Exp: c.ExpiresAt().Unix(), Rooms: rooms}))
+	s.send(textFrame(welcomeFrame{Type: "welcome", User: s.name, Session: s.id, Exp: c.Expiry().Unix(), Rooms: rooms}))
 	b.registry.add(s, c.ID)
 	b.metrics.sockets.Inc()
-	s.schedule(c.ExpiresAt())
+	s.schedule(c.Expiry())
 	if len(rooms) > 0 {
 		if err := s.join(General, nil, nil, false); err != nil {
 			b.log.Error().Err(err).Msg("join general")

@@ -291,6 +291,6 @@ func (s *Session) refresh(token string, id []byte) {
 		return
 	}
 	s.addJTI(c.ID)
-	s.schedule(c.ExpiresAt())
-	s.send(textFrame(refreshedFrame{Type: "refreshed", Exp: c.ExpiresAt().Unix()}))
+	s.schedule(c.Expiry())
+	s.send(textFrame(refreshedFrame{Type: "refreshed", Exp: c.Expiry().Unix()}))
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/chatd/chatd/assets"
 	"github.com/chatd/chatd/authn"
 	"github.com/chatd/chatd/broker"
+	"github.com/chatd/chatd/broker/boltstore"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -222,8 +223,16 @@ func serve(cfg Config, log zerolog.Logger) error {
 	return nil
 }
 
+// openHistory returns the message store --history asks for.
 func openHistory(cfg Config, db *bolt.DB, log zerolog.Logger) (broker.History, error) {
-	return broker.NewMemoryHistory(cfg.HistoryPerRoom), nil
+	if cfg.History == "memory" {
+		return broker.NewMemoryHistory(cfg.HistoryPerRoom), nil
+	}
+	h, err := boltstore.New(db, boltstore.Options{MaxPerRoom: cfg.HistoryPerRoom, MaxAge: cfg.HistoryMaxAge, Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("open history: %w", err)
+	}
+	return h, nil
 }
 
 func writeStatus(w http.ResponseWriter, status int, text string) {

@@ -1,0 +1,85 @@
+package broker_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/chatd/chatd/broker"
+	"github.com/golang-jwt/jwt/v5"
+)
+
+// expiringToken returns a token for name whose exp is the next whole second
+// at least d away (exp is whole seconds on the wire).
+func expiringToken(t testing.TB, name string, d time.Duration) (string, time.Time) {
+	exp := time.Now().Add(d).Truncate(time.Second).Add(time.Second)
+	c := claims(name, time.Minute)
+	c.ExpiresAt = jwt.NewNumericDate(exp)
+	return sign(t, c), exp
+}
+
+func TestIdleSocketsCloseAtExpiry(t *testing.T) {
+	e := newEnv(t, broker.Options{})
+	const n = 20
+	type sock struct {
+		c   *client
+		exp time.Time
+	}
+	var socks []sock
+	for i := range n {
+		tok, exp := expiringToken(t, "idle", time.Second+time.Duration(i%3)*time.Second)
+		socks = append(socks, sock{e.dial(tok), exp})
+	}
+	for _, s := range socks {
+		var errFrame frame
+		for errFrame == nil {
+			select {
+			case f := <-s.c.frames:
+				if f.str("type") == "error" {
+					errFrame = f
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("no token_expired error frame")
+			}
+		}
+		if errFrame.str("code") != "token_expired" || errFrame.str("message") != "Your token is no longer valid. Please reauthenticate." {
+			t.Fatalf("error frame = %v", errFrame)
+		}
+		ev := s.c.waitClose(5 * time.Second)
+		if ev.code != 4001 {
+			t.Fatalf("close code %d (%q), want 4001", ev.code, ev.reason)
+		}
+		late := ev.at.Sub(s.exp)
+		if late < 0 {
+			t.Fatalf("closed %v before exp", -late)
+		}
+		if late > 100*time.Millisecond {
+			t.Errorf("closed %v after exp, want within 100ms", late)
+		}
+	}
+}
+
+func TestExpiringWarning(t *testing.T) {
+	e := newEnv(t, broker.Options{ExpiryWarning: time.Second})
+	tok, exp := expiringToken(t, "warned", 2500*time.Millisecond)
+	c := e.dial(tok)
+	w := c.expect("expiring")
+	if time.Now().Before(exp.Add(-time.Second)) {
+		t.Fatalf("expiring came before exp - warning")
+	}
+	if w.num("exp") != uint64(exp.Unix()) || w.num("in") != 1 {
+		t.Fatalf("expiring = %v, want exp %d in 1", w, exp.Unix())
+	}
+	if ev := c.waitClose(3 * time.Second); ev.code != 4001 {
+		t.Fatalf("close %d", ev.code)
+	}
+}
+
+func TestLeewayMovesTheClose(t *testing.T) {
+	e := newEnv(t, broker.Options{Leeway: 500 * time.Millisecond})
+	tok, exp := expiringToken(t, "lenient", time.Second)
+	c := e.dial(tok)
+	ev := c.waitClose(5 * time.Second)
+	if ev.code != 4001 || ev.at.Before(exp.Add(500*time.Millisecond)) {
+		t.Fatalf("closed %d at exp%+v, want 4001 no earlier than exp+500ms", ev.code, ev.at.Sub(exp))
+	}
+}
