@@ -21,13 +21,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/chatd/chatd/assets"
 	"github.com/chatd/chatd/authn"
 	"github.com/chatd/chatd/broker"
 	"github.com/chatd/chatd/broker/boltstore"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/rs/zerolog"
 	bolt "go.etcd.io/bbolt"
 	"golang.org/x/term"
@@ -111,86 +107,19 @@ func newLogger(level, format string, w io.Writer) (zerolog.Logger, error) {
 }
 
 func serve(cfg Config, log zerolog.Logger) error {
-	db, err := openStore(cfg.DataDir)
+	a, err := newApp(cfg, log)
 	if err != nil {
 		return err
 	}
-	defer db.Close()
-
-	secret := []byte(cfg.JWTSecret)
-	if len(secret) == 0 {
-		if secret, err = authn.LoadOrCreateSecret(db); err != nil {
-			return err
-		}
-	}
-	revoked, err := authn.NewRevocations(db, nil)
-	if err != nil {
-		return err
-	}
-	tokens, err := authn.NewTokens(authn.TokenConfig{
-		Secret: secret, TTL: cfg.TokenTTL, SessionMax: cfg.SessionMax, Leeway: cfg.JWTLeeway, Revoked: revoked,
-	})
-	if err != nil {
-		return err
-	}
-	users, err := authn.NewUsers(db, cfg.BcryptCost)
-	if err != nil {
-		return err
-	}
-	history, err := openHistory(cfg, db, log)
-	if err != nil {
-		return err
-	}
-
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	b := broker.New(broker.Options{
-		Verifier:        tokens,
-		History:         history,
-		AllowedOrigins:  cfg.origins(),
-		MaxMessageBytes: cfg.MaxMessageBytes,
-		RateLimit:       cfg.RateLimit,
-		SendQueueBytes:  cfg.SendQueueBytes,
-		ExpiryWarning:   cfg.ExpiryWarning,
-		Leeway:          cfg.JWTLeeway,
-		MaxRooms:        cfg.MaxRooms,
-		MaxSockets:      cfg.MaxSockets,
-		PingInterval:    cfg.PingInterval,
-		IdleTimeout:     cfg.IdleTimeout,
-		Log:             log,
-		Metrics:         reg,
-	})
-	auth := authn.NewService(users, tokens, revoked, authn.ServiceConfig{
-		OpenRegistration: cfg.OpenRegistration,
-		OnRevoke:         b.Revoke,
-		Log:              log.With().Str("component", "authn").Logger(),
-	})
-
-	mux := http.NewServeMux()
-	auth.Register(mux)
-	mux.Handle("/ws", b)
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
-		writeStatus(w, http.StatusOK, "ok")
-	})
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
-		if b.Draining() {
-			writeStatus(w, http.StatusServiceUnavailable, "draining")
-			return
-		}
-		writeStatus(w, http.StatusOK, "ready")
-	})
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{EnableOpenMetrics: true}))
-	mux.Handle("/", assets.Handler())
-
 	srv := &http.Server{
-		Handler:           accessLog(log.With().Str("component", "http").Logger(), mux),
+		Handler:           a.handler,
 		ReadHeaderTimeout: 5 * time.Second, // slowloris on the upgrade request
 		MaxHeaderBytes:    16 << 10,
 		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          nil,
 	}
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
+		a.close()
 		return fmt.Errorf("listen on %s: %w", cfg.Addr, err)
 	}
 	log.Info().Str("component", "main").Str("addr", ln.Addr().String()).Str("data_dir", cfg.DataDir).
@@ -202,6 +131,7 @@ func serve(cfg Config, log zerolog.Logger) error {
 	go func() { served <- srv.Serve(ln) }()
 	select {
 	case err := <-served:
+		a.close()
 		return fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
 	}
@@ -211,13 +141,8 @@ func serve(cfg Config, log zerolog.Logger) error {
 	drain, cancel := context.WithTimeout(context.Background(), cfg.DrainTimeout)
 	defer cancel()
 	go func() { _ = srv.Shutdown(drain) }() // stops the listener; sockets are the broker's
-	if err := b.Shutdown(drain); err != nil {
-		log.Warn().Str("component", "main").Err(err).Msg("drain timed out; sockets dropped")
-	}
-	// Every acked message is already stored; this flushes those still
-	// waiting for their commit.
-	if err := history.Close(); err != nil {
-		return fmt.Errorf("flush history: %w", err)
+	if err := a.shutdown(drain); err != nil {
+		return err
 	}
 	log.Info().Str("component", "main").Msg("stopped")
 	return nil

@@ -1,0 +1,135 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+
+	"github.com/chatd/chatd/assets"
+	"github.com/chatd/chatd/authn"
+	"github.com/chatd/chatd/broker"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/rs/zerolog"
+	bolt "go.etcd.io/bbolt"
+)
+
+// app is chatd wired together: the store, authn, the broker and the HTTP
+// routes. Tests serve its handler with httptest.
+type app struct {
+	log     zerolog.Logger
+	db      *bolt.DB
+	history broker.History
+	broker  *broker.Broker
+	handler http.Handler
+}
+
+// newApp opens the store in cfg.DataDir and builds every part.
+func newApp(cfg Config, log zerolog.Logger) (a *app, err error) {
+	db, err := openStore(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			db.Close()
+		}
+	}()
+	secret := []byte(cfg.JWTSecret)
+	if len(secret) == 0 {
+		if secret, err = authn.LoadOrCreateSecret(db); err != nil {
+			return nil, err
+		}
+	}
+	revoked, err := authn.NewRevocations(db, nil)
+	if err != nil {
+		return nil, err
+	}
+	tokens, err := authn.NewTokens(authn.TokenConfig{
+		Secret: secret, TTL: cfg.TokenTTL, SessionMax: cfg.SessionMax, Leeway: cfg.JWTLeeway, Revoked: revoked,
+	})
+	if err != nil {
+		return nil, err
+	}
+	users, err := authn.NewUsers(db, cfg.BcryptCost)
+	if err != nil {
+		return nil, err
+	}
+	history, err := openHistory(cfg, db, log)
+	if err != nil {
+		return nil, err
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	b := broker.New(broker.Options{
+		Verifier:        tokens,
+		History:         history,
+		AllowedOrigins:  cfg.origins(),
+		MaxMessageBytes: cfg.MaxMessageBytes,
+		RateLimit:       cfg.RateLimit,
+		SendQueueBytes:  cfg.SendQueueBytes,
+		ExpiryWarning:   cfg.ExpiryWarning,
+		Leeway:          cfg.JWTLeeway,
+		MaxRooms:        cfg.MaxRooms,
+		MaxSockets:      cfg.MaxSockets,
+		PingInterval:    cfg.PingInterval,
+		IdleTimeout:     cfg.IdleTimeout,
+		Log:             log,
+		Metrics:         reg,
+	})
+	auth := authn.NewService(users, tokens, revoked, authn.ServiceConfig{
+		OpenRegistration: cfg.OpenRegistration,
+		OnRevoke:         b.Revoke,
+		Log:              log.With().Str("component", "authn").Logger(),
+	})
+
+	mux := http.NewServeMux()
+	auth.Register(mux)
+	mux.Handle("/ws", b)
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		writeStatus(w, http.StatusOK, "ok")
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		if b.Draining() {
+			writeStatus(w, http.StatusServiceUnavailable, "draining")
+			return
+		}
+		writeStatus(w, http.StatusOK, "ready")
+	})
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{EnableOpenMetrics: true}))
+	mux.Handle("/", assets.Handler())
+
+	return &app{
+		log:     log,
+		db:      db,
+		history: history,
+		broker:  b,
+		handler: accessLog(log.With().Str("component", "http").Logger(), mux),
+	}, nil
+}
+
+// shutdown closes every socket with 1001 (waiting until ctx ends), then
+// flushes the history and closes the store.
+func (a *app) shutdown(ctx context.Context) error {
+	if err := a.broker.Shutdown(ctx); err != nil {
+		a.log.Warn().Str("component", "main").Err(err).Msg("drain timed out; remaining sockets dropped")
+	}
+	return a.close()
+}
+
+// close flushes the history and closes the store. Every acked message is
+// already stored; this writes those still waiting for their commit.
+func (a *app) close() error {
+	a.broker.Close()
+	herr := a.history.Close()
+	derr := a.db.Close()
+	if herr != nil {
+		return fmt.Errorf("flush history: %w", herr)
+	}
+	if derr != nil {
+		return fmt.Errorf("close store: %w", derr)
+	}
+	return nil
+}
