@@ -98,9 +98,9 @@ type closeEvent struct {
 	at     time.Time
 }
 
-func (c *client) OnOpen(*gws.Conn)              {}
+func (c *client) OnOpen(*gws.Conn)                {}
 func (c *client) OnPing(conn *gws.Conn, p []byte) { _ = conn.WritePong(p) }
-func (c *client) OnPong(*gws.Conn, []byte)      {}
+func (c *client) OnPong(*gws.Conn, []byte)        {}
 func (c *client) OnClose(_ *gws.Conn, err error) {
 	ev := closeEvent{at: time.Now()}
 	var ce *gws.CloseError
