@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -85,11 +86,13 @@ func (f frame) num(k string) uint64 { n, _ := f[k].(float64); return uint64(n) }
 // client is a test WebSocket client that collects what the server sends.
 type client struct {
 	t      testing.TB
+	name   string // from the welcome
 	conn   *gws.Conn
 	resp   *http.Response
 	frames chan frame
 	closed chan closeEvent
-	block  chan struct{} // if not nil, OnMessage blocks on it (a reader that stops reading)
+	stall  atomic.Bool // when set, OnMessage blocks until resume closes (a reader that stops reading)
+	resume chan struct{}
 }
 
 type closeEvent struct {
@@ -111,8 +114,8 @@ func (c *client) OnClose(_ *gws.Conn, err error) {
 }
 func (c *client) OnMessage(_ *gws.Conn, m *gws.Message) {
 	defer m.Close()
-	if c.block != nil {
-		<-c.block
+	if c.stall.Load() {
+		<-c.resume
 	}
 	var f frame
 	if err := json.Unmarshal(m.Bytes(), &f); err != nil {
@@ -124,7 +127,7 @@ func (c *client) OnMessage(_ *gws.Conn, m *gws.Message) {
 
 // dial opens a socket with header h (which carries the token or not).
 func (e *env) dialHeader(h http.Header) (*client, error) {
-	c := &client{t: e.t, frames: make(chan frame, 4096), closed: make(chan closeEvent, 1)}
+	c := &client{t: e.t, frames: make(chan frame, 4096), closed: make(chan closeEvent, 1), resume: make(chan struct{})}
 	conn, resp, err := gws.NewClient(c, &gws.ClientOption{Addr: e.url, RequestHeader: h})
 	c.resp = resp
 	if err != nil {
@@ -143,9 +146,11 @@ func (e *env) dial(token string) *client {
 	if err != nil {
 		e.t.Fatalf("dial: %v", err)
 	}
-	if w := c.next(); w.str("type") != "welcome" {
+	w := c.next()
+	if w.str("type") != "welcome" {
 		e.t.Fatalf("first frame = %v, want welcome", w)
 	}
+	c.name = w.str("user")
 	return c
 }
 

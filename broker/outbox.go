@@ -22,6 +22,7 @@ type outbox struct {
 	queue    [][]byte
 	spare    [][]byte // the previous batch's slice, reused
 	bytes    int
+	credit   int  // bytes pushed past the limit on purpose, still queued
 	flushing bool // a flusher goroutine owns the connection's writes
 	closing  func()
 	dead     bool
@@ -32,10 +33,11 @@ type outbox struct {
 func (o *outbox) push(frame []byte) bool {
 	o.mu.Lock()
 	if o.dead || o.closing != nil {
+		alive := !o.dead
 		o.mu.Unlock()
-		return !o.dead
+		return alive // closing: dropped quietly, not a slow consumer
 	}
-	if o.bytes+len(frame) > o.limit && o.bytes > 0 {
+	if o.bytes+len(frame) > o.limit+o.credit && o.bytes > 0 {
 		o.mu.Unlock()
 		return false
 	}
@@ -64,6 +66,7 @@ func (o *outbox) pushForce(frames ...[]byte) {
 	}
 	o.queue = append(o.queue, frames...)
 	o.bytes += n
+	o.credit += n
 	start := !o.flushing
 	o.flushing = true
 	o.mu.Unlock()
@@ -104,7 +107,7 @@ func (o *outbox) kill() bool {
 		return false
 	}
 	o.dead = true
-	o.queue, o.spare, o.bytes = nil, nil, 0
+	o.queue, o.spare, o.bytes, o.credit = nil, nil, 0, 0
 	o.mu.Unlock()
 	// A writer blocked on a peer that does not read returns at once.
 	_ = o.conn.SetWriteDeadline(time.Now())
@@ -138,7 +141,7 @@ func (o *outbox) flush() {
 		}
 		batch := o.queue
 		o.queue = o.spare[:0]
-		o.bytes = 0
+		o.bytes, o.credit = 0, 0
 		o.mu.Unlock()
 
 		err := o.write(batch)

@@ -1,0 +1,171 @@
+package broker_test
+
+import (
+	"fmt"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chatd/chatd/broker"
+)
+
+// waitFor polls cond until it holds or d passes.
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		<-tick.C
+	}
+}
+
+// A reader that stops reading is closed 4008 once its queue passes the
+// bound; the others keep their messages and the server's memory stays
+// bounded.
+func TestSlowConsumerIsEvicted(t *testing.T) {
+	const queue = 64 << 10
+	e := newEnv(t, broker.Options{RateLimit: 1e6, SendQueueBytes: queue})
+	stalled := e.dial(e.token("stalled"))
+	stalled.stall.Store(true) // from now on its read loop stops
+	defer close(stalled.resume)
+
+	senders := []*client{e.dial(e.token("s1")), e.dial(e.token("s2"))}
+	listener := e.dial(e.token("listener"))
+	before := heapInUse()
+
+	// Closed-loop senders (each waits for its own echo) keep the healthy
+	// readers' queues short, so only the stalled socket falls behind.
+	text := strings.Repeat("z", 1000)
+	const perSender = 1000
+	for _, s := range senders {
+		go func(s *client) {
+			for range perSender {
+				if s.conn.WriteString(text) != nil {
+					return
+				}
+				for {
+					select {
+					case f := <-s.frames:
+						if f.str("type") != "message" || f.str("from") != s.name {
+							continue
+						}
+					case <-time.After(10 * time.Second):
+						return
+					}
+					break
+				}
+			}
+		}(s)
+	}
+	got := 0
+	for got < 2*perSender {
+		select {
+		case f := <-listener.frames:
+			if f.str("type") == "message" {
+				got++
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("listener got %d of %d messages (%d sockets)", got, 2*perSender, e.broker.Sockets())
+		}
+	}
+	// 4 sockets remain: two senders, the listener and nobody else.
+	waitFor(t, 5*time.Second, "the stalled socket to be closed", func() bool { return e.broker.Sockets() == 4 })
+	// Sent through the stalled socket: 4 MB; it must not all sit in memory.
+	if grew := heapInUse() - before; grew > 16<<20 {
+		t.Errorf("heap grew %d MB while one socket stalled", grew>>20)
+	}
+}
+
+func heapInUse() int64 {
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return int64(m.HeapInuse)
+}
+
+func TestSocketRefresh(t *testing.T) {
+	e := newEnv(t, broker.Options{})
+	tok, exp := expiringToken(t, "alice", time.Second)
+	c := e.dial(tok)
+
+	// Another user's token is refused and changes nothing.
+	c.send(map[string]any{"type": "refresh", "token": e.token("mallory"), "id": 1})
+	if f := c.expect("error"); f.str("code") != "invalid_token" || f.num("id") != 1 {
+		t.Fatalf("foreign token: %v", f)
+	}
+	// An expired token is refused.
+	old, _ := expiringToken(t, "alice", -3*time.Second)
+	c.send(map[string]any{"type": "refresh", "token": old})
+	if f := c.expect("error"); f.str("code") != "token_expired" {
+		t.Fatalf("expired token: %v", f)
+	}
+	// A fresh token for the same sub moves the expiry.
+	fresh, freshExp := expiringToken(t, "alice", 3*time.Second)
+	c.send(map[string]any{"type": "refresh", "token": fresh})
+	if f := c.expect("refreshed"); f.num("exp") != uint64(freshExp.Unix()) {
+		t.Fatalf("refreshed = %v", f)
+	}
+	// Past the old exp the socket is still open and working.
+	time.Sleep(time.Until(exp.Add(200 * time.Millisecond))) // the point is the passage of time itself
+	c.send(map[string]any{"type": "send", "room": "general", "text": "after old exp"})
+	c.expect("message")
+	ev := c.waitClose(5 * time.Second)
+	if ev.code != 4001 || ev.at.Before(freshExp) {
+		t.Fatalf("close %d at %v relative to the new exp", ev.code, ev.at.Sub(freshExp))
+	}
+}
+
+func TestRevokeClosesThatTokensSockets(t *testing.T) {
+	e := newEnv(t, broker.Options{})
+	cl := claims("alice", time.Hour)
+	tok := sign(t, cl)
+	a1, a2 := e.dial(tok), e.dial(tok)
+	other := e.dial(e.token("alice")) // the same user, another token
+	e.broker.Revoke(cl.ID)
+	for _, c := range []*client{a1, a2} {
+		if ev := c.waitClose(2 * time.Second); ev.code != 4003 {
+			t.Fatalf("close %d, want 4003", ev.code)
+		}
+	}
+	other.send(map[string]any{"type": "who", "room": "general"})
+	other.expect("presence")
+}
+
+// A socket that refreshed is closed by the logout of its new token too.
+func TestRevokeAfterRefresh(t *testing.T) {
+	e := newEnv(t, broker.Options{})
+	first, second := claims("alice", time.Hour), claims("alice", 2*time.Hour)
+	second.ID = "second-jti"
+	c := e.dial(sign(t, first))
+	c.send(map[string]any{"type": "refresh", "token": sign(t, second)})
+	c.expect("refreshed")
+	e.broker.Revoke("second-jti")
+	if ev := c.waitClose(2 * time.Second); ev.code != 4003 {
+		t.Fatalf("close %d, want 4003", ev.code)
+	}
+}
+
+func TestShutdownClosesAll1001(t *testing.T) {
+	e := newEnv(t, broker.Options{})
+	var cs []*client
+	for i := range 50 {
+		cs = append(cs, e.dial(e.token(fmt.Sprint("u", i))))
+	}
+	if err := e.broker.Shutdown(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cs {
+		if ev := c.waitClose(2 * time.Second); ev.code != 1001 {
+			t.Fatalf("close %d, want 1001", ev.code)
+		}
+	}
+	resp := e.upgradeRequest(t, map[string][]string{"Authorization": {"Bearer " + e.token("late")}}, "")
+	if resp.StatusCode != 503 {
+		t.Fatalf("upgrade while draining: %d, want 503", resp.StatusCode)
+	}
+}

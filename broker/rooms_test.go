@@ -1,0 +1,360 @@
+package broker_test
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chatd/chatd/broker"
+	"github.com/lxzan/gws"
+)
+
+func TestJoinLeaveWhoPresence(t *testing.T) {
+	e := newEnv(t, broker.Options{})
+	alice, bob := e.dial(e.token("alice")), e.dial(e.token("bob"))
+	alice.expect("presence") // bob in general
+
+	alice.send(map[string]any{"type": "join", "room": "ops"})
+	if j := alice.expect("joined"); j.str("room") != "ops" || j.num("seq") != 0 || j["recovered"] != nil {
+		t.Fatalf("joined = %v", j)
+	}
+	bob.send(map[string]any{"type": "join", "room": "ops"})
+	bob.expect("joined")
+	if p := alice.expect("presence"); p.str("room") != "ops" || p.str("join") != "bob" {
+		t.Fatalf("presence = %v", p)
+	}
+	alice.send(map[string]any{"type": "who", "room": "ops"})
+	p := alice.expect("presence")
+	users, _ := p["users"].([]any)
+	if p.str("room") != "ops" || fmt.Sprint(users) != "[alice bob]" {
+		t.Fatalf("who = %v", p)
+	}
+	// A second socket of bob's does not announce bob twice, and its leave
+	// does not announce him gone.
+	bob2 := e.dial(e.token("bob"))
+	bob2.send(map[string]any{"type": "join", "room": "ops"})
+	bob2.expect("joined")
+	bob2.send(map[string]any{"type": "leave", "room": "ops"})
+	if l := bob2.expect("left"); l.str("room") != "ops" {
+		t.Fatalf("left = %v", l)
+	}
+	bob.send(map[string]any{"type": "leave", "room": "ops"})
+	bob.expect("left")
+	for {
+		p := alice.next()
+		if p.str("type") != "presence" {
+			t.Fatalf("got %v, want presence", p)
+		}
+		if p.str("room") == "ops" {
+			if p.str("leave") != "bob" {
+				t.Fatalf("ops presence = %v, want bob's leave", p)
+			}
+			break
+		}
+	}
+	bob.send(map[string]any{"type": "send", "room": "ops", "text": "hi", "id": 7})
+	if e := bob.expect("error"); e.str("code") != "not_member" || e.num("id") != 7 {
+		t.Fatalf("send after leave: %v", e)
+	}
+	// general can be left too.
+	bob.send(map[string]any{"type": "leave", "room": "general"})
+	bob.expect("left")
+	bob.send(map[string]any{"type": "who", "room": "general"})
+	if e := bob.expect("error"); e.str("code") != "not_member" {
+		t.Fatalf("who after leaving general: %v", e)
+	}
+}
+
+func TestRoomsClaim(t *testing.T) {
+	e := newEnv(t, broker.Options{})
+	c := claims("guest", time.Hour)
+	c.Rooms = []string{"lobby"}
+	g := e.dial(sign(t, c))
+	// general is left out by the claim: no membership, and a join is refused.
+	g.send(map[string]any{"type": "send", "room": "general", "text": "x"})
+	if f := g.expect("error"); f.str("code") != "not_member" {
+		t.Fatalf("send to general: %v", f)
+	}
+	g.send(map[string]any{"type": "join", "room": "general", "id": "j"})
+	if f := g.expect("error"); f.str("code") != "room_forbidden" || f.str("id") != "j" {
+		t.Fatalf("join general: %v", f)
+	}
+	g.send(map[string]any{"type": "join", "room": "lobby"})
+	g.expect("joined")
+}
+
+func TestErrorsKeepTheSocketOpen(t *testing.T) {
+	e := newEnv(t, broker.Options{})
+	c := e.dial(e.token("alice"))
+	cases := []struct {
+		frame string
+		code  string
+	}{
+		{`{"type":"send","room":"general"`, "bad_request"},
+		{`{"type":"send","room":"general"}`, "bad_request"},
+		{`{"type":"send","room":"general","text":""}`, "bad_request"},
+		{`{"type":"send","room":"bad room","text":"x"}`, "bad_request"},
+		{`{"type":"join","room":""}`, "bad_request"},
+		{`{"type":"join","room":"` + strings.Repeat("r", 65) + `"}`, "bad_request"},
+		{`{"room":"general"}`, "bad_request"},
+		{`{"type":"dance"}`, "unknown_type"},
+		{`{"type":"send","room":"general","text":"` + strings.Repeat("x", 4097) + `"}`, "too_large"},
+		{`{"type":"send","room":"nowhere","text":"x"}`, "not_member"},
+		{`{"type":"history","room":"general","limit":0}`, "bad_request"},
+		{`{"type":"history","room":"general","limit":201}`, "bad_request"},
+		{`{"type":"history","room":"nowhere"}`, "not_member"},
+		{`{"type":"refresh","token":"junk"}`, "invalid_token"},
+		{`{"type":"send","room":"general","text":"x","id":{"a":1}}`, "bad_request"},
+	}
+	for _, tc := range cases {
+		if err := c.conn.WriteString(tc.frame); err != nil {
+			t.Fatal(err)
+		}
+		f := c.expect("error")
+		if f.str("code") != tc.code || f.str("message") == "" {
+			t.Errorf("%.60s: got %v, want %s", tc.frame, f, tc.code)
+		}
+	}
+	// Still alive and chatting.
+	c.send(map[string]any{"type": "send", "room": "general", "text": "still here", "id": "ok"})
+	c.expect("message")
+	c.expect("ack")
+	// 4096 bytes is allowed.
+	c.send(map[string]any{"type": "send", "room": "general", "text": strings.Repeat("y", 4096)})
+	if m := c.expect("message"); len(m.str("text")) != 4096 {
+		t.Fatal("4096-byte text not delivered")
+	}
+}
+
+func TestHistoryPages(t *testing.T) {
+	e := newEnv(t, broker.Options{RateLimit: 10000})
+	c := e.dial(e.token("alice"))
+	for i := 1; i <= 120; i++ {
+		c.send(map[string]any{"type": "send", "room": "general", "text": fmt.Sprint("m", i)})
+		c.expect("message")
+	}
+	page := func(req map[string]any) []uint64 {
+		t.Helper()
+		req["type"], req["room"] = "history", "general"
+		c.send(req)
+		h := c.expect("history")
+		var seqs []uint64
+		for _, m := range h["messages"].([]any) {
+			mm := m.(map[string]any)
+			seqs = append(seqs, uint64(mm["seq"].(float64)))
+			if mm["text"] != fmt.Sprint("m", seqs[len(seqs)-1]) || mm["from"] != "alice" || mm["room"] != "general" {
+				t.Fatalf("history entry %v", mm)
+			}
+		}
+		return seqs
+	}
+	latest := page(map[string]any{})
+	if len(latest) != 50 || latest[0] != 71 || latest[49] != 120 {
+		t.Fatalf("latest page %v", latest)
+	}
+	older := page(map[string]any{"before": 71, "limit": 200})
+	if len(older) != 70 || older[0] != 1 || older[69] != 70 {
+		t.Fatalf("page before 71: %v", older)
+	}
+	if empty := page(map[string]any{"before": 1}); len(empty) != 0 {
+		t.Fatalf("before 1: %v", empty)
+	}
+}
+
+// Several senders into one room: every member sees the same seq order, with
+// no gap and no duplicate.
+func TestOrderUnderConcurrentSenders(t *testing.T) {
+	e := newEnv(t, broker.Options{RateLimit: 10000})
+	const senders, each = 4, 100
+	var clients []*client
+	for i := range senders + 2 {
+		clients = append(clients, e.dial(e.token(fmt.Sprint("user", i))))
+	}
+	var wg sync.WaitGroup
+	for i := range senders {
+		wg.Add(1)
+		go func(c *client) {
+			defer wg.Done()
+			for j := range each {
+				_ = c.conn.WriteString(fmt.Sprintf(`{"type":"send","room":"general","text":"%d"}`, j))
+			}
+		}(clients[i])
+	}
+	wg.Wait()
+	var first []string
+	for i, c := range clients {
+		var got []string
+		for seq := uint64(1); seq <= senders*each; {
+			m := c.next()
+			if m.str("type") != "message" {
+				continue
+			}
+			if m.num("seq") != seq {
+				t.Fatalf("client %d: seq %d, want %d", i, m.num("seq"), seq)
+			}
+			got = append(got, m.str("id"))
+			seq++
+		}
+		if first == nil {
+			first = got
+		} else if !slices.Equal(first, got) {
+			t.Fatalf("client %d saw another order", i)
+		}
+	}
+}
+
+// join with since racing live traffic: the replay and the live stream meet
+// with no gap and no duplicate.
+func TestSinceReplayRacesLiveTraffic(t *testing.T) {
+	e := newEnv(t, broker.Options{RateLimit: 10000, History: broker.NewMemoryHistory(1 << 20)})
+	sender := e.dial(e.token("sender"))
+	sender.send(map[string]any{"type": "join", "room": "busy"})
+	sender.expect("joined")
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() { // the sender hears its own messages; keep it reading
+		for {
+			select {
+			case <-sender.frames:
+			case <-stop:
+				return
+			}
+		}
+	}()
+	go func() {
+		defer close(done)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			_ = sender.conn.WriteString(fmt.Sprintf(`{"type":"send","room":"busy","text":"%d"}`, i))
+			if i%50 == 49 {
+				time.Sleep(time.Millisecond) // let joins interleave with sends
+			}
+		}
+	}()
+	for round := range 10 {
+		c := e.dial(e.token(fmt.Sprint("joiner", round)))
+		since := uint64(round * 3)
+		c.send(map[string]any{"type": "join", "room": "busy", "since": since})
+		j := c.expect("joined")
+		if j["recovered"] != true {
+			t.Fatalf("joined = %v", j)
+		}
+		want := since + 1
+		// Replay up to joined.seq, then live messages continue from there.
+		for want <= j.num("seq")+20 {
+			m := c.next()
+			if m.str("type") != "message" {
+				continue
+			}
+			if m.num("seq") != want {
+				t.Fatalf("round %d: got seq %d, want %d (joined at %d)", round, m.num("seq"), want, j.num("seq"))
+			}
+			want++
+		}
+		c.conn.WriteClose(1000, nil)
+	}
+	close(stop)
+	<-done
+}
+
+func TestSinceOlderThanKept(t *testing.T) {
+	e := newEnv(t, broker.Options{History: broker.NewMemoryHistory(5)})
+	c := e.dial(e.token("alice"))
+	for i := range 10 {
+		c.send(map[string]any{"type": "send", "room": "general", "text": fmt.Sprint(i)})
+		c.expect("message")
+	}
+	d := e.dial(e.token("bob"))
+	d.send(map[string]any{"type": "join", "room": "general", "since": 2})
+	j := d.expect("joined")
+	if j["recovered"] != false || j.num("seq") != 10 {
+		t.Fatalf("joined = %v, want recovered false at seq 10", j)
+	}
+	for want := uint64(6); want <= 10; want++ {
+		if m := d.expect("message"); m.num("seq") != want {
+			t.Fatalf("replayed seq %d, want %d", m.num("seq"), want)
+		}
+	}
+}
+
+func TestRoomLimitPerSocket(t *testing.T) {
+	e := newEnv(t, broker.Options{MaxRooms: 3})
+	c := e.dial(e.token("alice"))
+	for _, r := range []string{"a", "b"} {
+		c.send(map[string]any{"type": "join", "room": r})
+		c.expect("joined")
+	}
+	c.send(map[string]any{"type": "join", "room": "c"})
+	if f := c.expect("error"); f.str("code") != "room_forbidden" {
+		t.Fatalf("fourth room: %v", f)
+	}
+}
+
+func TestCloseCodes(t *testing.T) {
+	e := newEnv(t, broker.Options{MaxMessageBytes: 1024})
+	t.Run("binary 1003", func(t *testing.T) {
+		c := e.dial(e.token("a"))
+		_ = c.conn.WriteMessage(gws.OpcodeBinary, []byte("{}"))
+		if ev := c.waitClose(5 * time.Second); ev.code != 1003 {
+			t.Fatalf("close %d", ev.code)
+		}
+	})
+	t.Run("invalid utf-8 1007", func(t *testing.T) {
+		c := e.dial(e.token("b"))
+		_ = c.conn.WriteMessage(gws.OpcodeText, []byte{'h', 0xff, 0xfe})
+		if ev := c.waitClose(5 * time.Second); ev.code != 1007 {
+			t.Fatalf("close %d", ev.code)
+		}
+	})
+	t.Run("too big 1009", func(t *testing.T) {
+		c := e.dial(e.token("c"))
+		_ = c.conn.WriteString(strings.Repeat("x", 1025))
+		if ev := c.waitClose(5 * time.Second); ev.code != 1009 {
+			t.Fatalf("close %d", ev.code)
+		}
+	})
+	t.Run("flood 1008", func(t *testing.T) {
+		e := newEnv(t, broker.Options{RateLimit: 5})
+		c := e.dial(e.token("flooder"))
+		bystander := e.dial(e.token("bystander"))
+		limited := 0
+		go func() {
+			for range 200 {
+				if c.conn.WriteString("spam") != nil {
+					return
+				}
+			}
+		}()
+		for {
+			select {
+			case f := <-c.frames:
+				if f.str("type") == "error" && f.str("code") == "rate_limited" {
+					limited++
+				}
+				continue
+			case ev := <-c.closed:
+				for len(c.frames) > 0 { // frames and the close race into the test
+					if f := <-c.frames; f.str("code") == "rate_limited" {
+						limited++
+					}
+				}
+				if ev.code != 1008 || limited < 10 {
+					t.Fatalf("close %d after %d rate_limited errors, want 1008 after 10", ev.code, limited)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("flooder not closed")
+			}
+			break
+		}
+		bystander.send(map[string]any{"type": "send", "room": "general", "text": "fine"})
+		for bystander.expect("message").str("text") != "fine" {
+		}
+	})
+}
