@@ -247,7 +247,7 @@
       const newExp = Number(r.data.expires_at) || 0;
       // The server never extends past the session's maximum length; once a
       // refresh stops gaining time, asking again would only loop.
-      if (newExp <= oldExp + 1) sess.capped = true;
+      if (newExp <= oldExp + 1) { sess.capped = true; warnCapped(); }
       if (!send({ type: 'refresh', token: sess.token })) {
         // No socket right now: the next connect uses the new token anyway.
         sess.exp = newExp;

@@ -2,10 +2,13 @@ package broker_test
 
 import (
 	"fmt"
+	"net/http"
 	"runtime"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/lxzan/gws"
 
 	"github.com/chatd/chatd/broker"
 )
@@ -168,4 +171,29 @@ func TestShutdownClosesAll1001(t *testing.T) {
 	if resp.StatusCode != 503 {
 		t.Fatalf("upgrade while draining: %d, want 503", resp.StatusCode)
 	}
+}
+
+// silentClient answers nothing, not even pings.
+type silentClient struct{ client }
+
+func (c *silentClient) OnPing(*gws.Conn, []byte) {}
+
+func TestHeartbeat(t *testing.T) {
+	e := newEnv(t, broker.Options{PingInterval: 50 * time.Millisecond, IdleTimeout: 300 * time.Millisecond})
+	alive := e.dial(e.token("alive")) // answers pings: stays
+
+	silent := &silentClient{client{t: t, frames: make(chan frame, 64), closed: make(chan closeEvent, 1)}}
+	conn, _, err := gws.NewClient(silent, &gws.ClientOption{Addr: e.url, RequestHeader: http.Header{"Authorization": {"Bearer " + e.token("silent")}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go conn.ReadLoop()
+	start := time.Now()
+	silent.waitClose(3 * time.Second)
+	if d := time.Since(start); d < 300*time.Millisecond {
+		t.Fatalf("silent socket dropped after %v, before the idle timeout", d)
+	}
+	// Well past the idle timeout, the socket that answers pings still works.
+	alive.send(map[string]any{"type": "who", "room": "general"})
+	alive.expect("presence")
 }

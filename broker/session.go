@@ -185,10 +185,10 @@ func (s *Session) onWarn() {
 }
 
 // touch pushes the read deadline back: a peer that sends nothing, not even
-// a pong, for IdleTimeout is gone. At most once a second, as it is paid on
-// every frame.
+// a pong, for IdleTimeout is gone. It is paid on every frame, so it moves
+// the deadline only when a quarter of the timeout has passed.
 func (s *Session) touch(now time.Time) {
-	if now.Sub(s.lastRead) < time.Second {
+	if now.Sub(s.lastRead) < s.broker.opts.IdleTimeout/4 {
 		return
 	}
 	s.lastRead = now
