@@ -79,10 +79,16 @@ func newApp(cfg Config, log zerolog.Logger) (a *app, err error) {
 		Log:             log,
 		Metrics:         reg,
 	})
+	authRate := cfg.AuthRate
+	if authRate == 0 {
+		authRate = -1 // authn's "no limit"
+	}
 	auth := authn.NewService(users, tokens, revoked, authn.ServiceConfig{
-		OpenRegistration: cfg.OpenRegistration,
-		OnRevoke:         b.Revoke,
-		Log:              log.With().Str("component", "authn").Logger(),
+		OpenRegistration:  cfg.OpenRegistration,
+		RequestsPerSecond: authRate,
+		Burst:             int(2 * cfg.AuthRate),
+		OnRevoke:          b.Revoke,
+		Log:               log.With().Str("component", "authn").Logger(),
 	})
 
 	mux := http.NewServeMux()

@@ -34,6 +34,7 @@ type Config struct {
 	HistoryMaxAge  time.Duration
 	MaxSockets     int
 	MaxRooms       int
+	AuthRate       float64
 	BcryptCost     int
 	PingInterval   time.Duration
 	IdleTimeout    time.Duration
@@ -63,6 +64,7 @@ func newFlagSet(name string, cfg *Config) *flag.FlagSet {
 	fs.DurationVar(&cfg.HistoryMaxAge, "history-max-age", 0, "drop messages older than this (0: keep by count only)")
 	fs.IntVar(&cfg.MaxSockets, "max-sockets", 0, "open sockets before /ws answers 503 (0: no limit)")
 	fs.IntVar(&cfg.MaxRooms, "max-rooms", 100, "rooms one socket may be in")
+	fs.Float64Var(&cfg.AuthRate, "auth-rate", 20, "POST /register and /auth requests per second per client address, burst twice that (0: no limit)")
 	fs.IntVar(&cfg.BcryptCost, "bcrypt-cost", 10, "bcrypt cost of new password hashes (4-31)")
 	fs.DurationVar(&cfg.PingInterval, "ping-interval", 25*time.Second, "how often the server pings each socket")
 	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", 60*time.Second, "close a socket that sends nothing (not even a pong) this long")
@@ -113,6 +115,9 @@ func (c *Config) validate() error {
 	}
 	if c.History != "bolt" && c.History != "memory" {
 		errs = append(errs, fmt.Errorf("--history %q: use bolt or memory", c.History))
+	}
+	if c.AuthRate < 0 {
+		errs = append(errs, errors.New("--auth-rate must not be negative"))
 	}
 	if c.BcryptCost < 4 || c.BcryptCost > 31 {
 		errs = append(errs, errors.New("--bcrypt-cost must be 4-31"))
