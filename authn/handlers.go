@@ -172,11 +172,7 @@ func (s *Service) handleAuth(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Service) handleRefresh(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodPost {
-		WriteMethodNotAllowed(w, http.MethodPost)
-		return
-	}
-	claims, ok := s.bearer(w, r)
+	claims, ok := s.bearerPost(w, r)
 	if !ok {
 		return
 	}
@@ -189,11 +185,7 @@ func (s *Service) handleRefresh(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Service) handleLogout(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodPost {
-		WriteMethodNotAllowed(w, http.MethodPost)
-		return
-	}
-	claims, ok := s.bearer(w, r)
+	claims, ok := s.bearerPost(w, r)
 	if !ok {
 		return
 	}
@@ -211,9 +203,13 @@ func (s *Service) handleLogout(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-// bearer verifies the Authorization header's token, answering 401 if it
-// does not verify.
-func (s *Service) bearer(w http.ResponseWriter, r *http.Request) (*Claims, bool) {
+// bearerPost checks that r is a POST and verifies its Authorization
+// header's token, answering 405 or 401 itself when not.
+func (s *Service) bearerPost(w http.ResponseWriter, r *http.Request) (*Claims, bool) {
+	if r.Method != http.MethodPost {
+		WriteMethodNotAllowed(w, http.MethodPost)
+		return nil, false
+	}
 	claims, err := s.tokens.Verify(BearerToken(r.Header.Get("Authorization")))
 	if err != nil {
 		WriteTokenError(w, err)

@@ -28,65 +28,52 @@ type outbox struct {
 	dead     bool
 }
 
-// push queues frame. It returns false, queueing nothing, when the socket is
-// closing or the queue would pass its limit.
+// push queues frame. It returns false, queueing nothing, when the queue
+// would pass its limit; a closing socket drops the frame quietly.
 func (o *outbox) push(frame []byte) bool {
 	o.mu.Lock()
-	if o.dead || o.closing != nil {
-		alive := !o.dead
-		o.mu.Unlock()
-		return alive // closing: dropped quietly, not a slow consumer
-	}
-	if o.bytes+len(frame) > o.limit+o.credit && o.bytes > 0 {
+	if !o.dead && o.closing == nil && o.bytes+len(frame) > o.limit+o.credit && o.bytes > 0 {
 		o.mu.Unlock()
 		return false
 	}
-	o.queue = append(o.queue, frame)
-	o.bytes += len(frame)
-	start := !o.flushing
-	o.flushing = true
-	o.mu.Unlock()
-	if start {
-		go o.flush()
-	}
+	o.enqueueLocked(false, nil, frame)
 	return true
 }
 
 // pushForce queues frames past the limit: for bounded bursts the client
 // asked for, such as a replay.
 func (o *outbox) pushForce(frames ...[]byte) {
-	n := 0
-	for _, f := range frames {
-		n += len(f)
-	}
 	o.mu.Lock()
+	o.enqueueLocked(true, nil, frames...)
+}
+
+// closeAfter queues last (if not nil) and then runs closeFn once everything
+// queued so far is written. Later pushes are dropped.
+func (o *outbox) closeAfter(last []byte, closeFn func()) {
+	o.mu.Lock()
+	if last == nil {
+		o.enqueueLocked(false, closeFn)
+		return
+	}
+	o.enqueueLocked(false, closeFn, last)
+}
+
+// enqueueLocked appends frames unless the outbox is dead or closing, sets
+// closeFn if given, and starts a flusher if none runs. o.mu is held on
+// entry and released on return.
+func (o *outbox) enqueueLocked(credit bool, closeFn func(), frames ...[]byte) {
 	if o.dead || o.closing != nil {
 		o.mu.Unlock()
 		return
 	}
+	n := 0
+	for _, f := range frames {
+		n += len(f)
+	}
 	o.queue = append(o.queue, frames...)
 	o.bytes += n
-	o.credit += n
-	start := !o.flushing
-	o.flushing = true
-	o.mu.Unlock()
-	if start {
-		go o.flush()
-	}
-}
-
-// closeAfter queues last (may be nil) and then runs closeFn once everything
-// queued so far is written. Later pushes are dropped. It reports false if
-// the outbox was already closing or dead.
-func (o *outbox) closeAfter(last []byte, closeFn func()) bool {
-	o.mu.Lock()
-	if o.dead || o.closing != nil {
-		o.mu.Unlock()
-		return false
-	}
-	if last != nil {
-		o.queue = append(o.queue, last)
-		o.bytes += len(last)
+	if credit {
+		o.credit += n
 	}
 	o.closing = closeFn
 	start := !o.flushing
@@ -95,7 +82,6 @@ func (o *outbox) closeAfter(last []byte, closeFn func()) bool {
 	if start {
 		go o.flush()
 	}
-	return true
 }
 
 // kill drops everything queued and unblocks a write in flight. It reports
