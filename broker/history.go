@@ -37,6 +37,11 @@ type History interface {
 	Before(room string, before uint64, limit int) ([]Message, error)
 	// LastSeq returns the highest seq ever appended to room, 0 if none.
 	LastSeq(room string) (uint64, error)
+	// SeqFloor returns the seq above which new messages of room continue:
+	// at least LastSeq, and more after a crash, when messages fanned out
+	// before their commit may have used seqs that were never stored. Reusing
+	// those would make a client resuming with `since` skip new messages.
+	SeqFloor(room string) (uint64, error)
 	// Close flushes what is pending and releases the store.
 	Close() error
 }
@@ -145,6 +150,10 @@ func (h *MemoryHistory) LastSeq(room string) (uint64, error) {
 	}
 	return 0, nil
 }
+
+// SeqFloor implements History: memory forgets everything at exit, so it is
+// LastSeq.
+func (h *MemoryHistory) SeqFloor(room string) (uint64, error) { return h.LastSeq(room) }
 
 // Close implements History; the memory store has nothing to flush.
 func (h *MemoryHistory) Close() error { return nil }

@@ -47,15 +47,11 @@ func (o *outbox) pushForce(frames ...[]byte) {
 	o.enqueueLocked(true, nil, frames...)
 }
 
-// closeAfter queues last (if not nil) and then runs closeFn once everything
-// queued so far is written. Later pushes are dropped.
-func (o *outbox) closeAfter(last []byte, closeFn func()) {
+// closeAfter queues frames and runs closeFn once everything queued so far
+// is written. Later pushes are dropped.
+func (o *outbox) closeAfter(closeFn func(), frames ...[]byte) {
 	o.mu.Lock()
-	if last == nil {
-		o.enqueueLocked(false, closeFn)
-		return
-	}
-	o.enqueueLocked(false, closeFn, last)
+	o.enqueueLocked(false, closeFn, frames...)
 }
 
 // enqueueLocked appends frames unless the outbox is dead or closing, sets

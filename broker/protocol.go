@@ -105,9 +105,10 @@ type (
 
 // WebSocket opcodes we write.
 const (
-	opText = 0x1
-	opPing = 0x9
-	opPong = 0xA
+	opText  = 0x1
+	opClose = 0x8
+	opPing  = 0x9
+	opPong  = 0xA
 )
 
 // frame returns a complete unmasked server frame (FIN set) for payload, so
@@ -182,6 +183,16 @@ func appendJSONString(b []byte, s string) []byte {
 	b = append(b, '"')
 	b = append(b, s...)
 	return append(b, '"')
+}
+
+// closeFrame returns a close frame with code and reason (at most 123
+// bytes, so the payload fits a control frame).
+func closeFrame(code uint16, reason string) []byte {
+	reason = reason[:min(len(reason), 123)]
+	p := make([]byte, 2+len(reason))
+	binary.BigEndian.PutUint16(p, code)
+	copy(p[2:], reason)
+	return frame(opClose, p)
 }
 
 // validRoom reports whether name is 1-64 of A-Za-z0-9_.-.

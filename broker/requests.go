@@ -150,6 +150,7 @@ func (s *Session) sendText(room, text string, id []byte) {
 
 	r.mu.Lock()
 	r.seq++
+	r.latest = r.seq
 	m.Seq = r.seq
 	frame := frame(opText, messagePayload(&m))
 	n := r.broadcastLocked(frame, nil)
@@ -185,12 +186,12 @@ func (s *Session) join(name string, since *uint64, id []byte, answer bool) error
 	}
 	defer r.mu.Unlock()
 
-	joined := joinedFrame{Type: "joined", Room: name, Seq: r.seq}
+	joined := joinedFrame{Type: "joined", Room: name, Seq: r.latest}
 	frames := [][]byte{nil}
 	if since != nil {
 		recovered := true
-		if *since < r.seq {
-			msgs, complete, err := b.opts.History.After(name, *since, int(r.seq-*since))
+		if *since < r.latest {
+			msgs, complete, err := b.opts.History.After(name, *since, int(r.latest-*since))
 			if err != nil {
 				return err
 			}

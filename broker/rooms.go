@@ -17,7 +17,8 @@ type Room struct {
 	name string
 
 	mu      sync.Mutex
-	seq     uint64
+	seq     uint64           // the last seq handed out
+	latest  uint64           // the seq of the room's latest message (below seq only after a crash)
 	members []*Session       // fan-out list
 	index   map[*Session]int // position in members
 	users   map[string]int   // username -> sockets in the room, for presence
@@ -58,12 +59,11 @@ func (rs *rooms) lockLive(name string) (*Room, error) {
 		sh.mu.Lock()
 		r := sh.rooms[name]
 		if r == nil {
-			last, err := rs.history.LastSeq(name)
-			if err != nil {
+			var err error
+			if r, err = rs.load(name); err != nil {
 				sh.mu.Unlock()
-				return nil, fmt.Errorf("room %s: read last seq: %w", name, err)
+				return nil, err
 			}
-			r = &Room{name: name, seq: last, index: make(map[*Session]int), users: make(map[string]int)}
 			sh.rooms[name] = r
 		}
 		sh.mu.Unlock()
@@ -73,6 +73,19 @@ func (rs *rooms) lockLive(name string) (*Room, error) {
 		}
 		r.mu.Unlock() // lost a race with the last member leaving
 	}
+}
+
+// load makes the Room for name from what the history remembers of it.
+func (rs *rooms) load(name string) (*Room, error) {
+	latest, err := rs.history.LastSeq(name)
+	if err != nil {
+		return nil, fmt.Errorf("room %s: read last seq: %w", name, err)
+	}
+	floor, err := rs.history.SeqFloor(name)
+	if err != nil {
+		return nil, fmt.Errorf("room %s: read seq floor: %w", name, err)
+	}
+	return &Room{name: name, seq: floor, latest: latest, index: make(map[*Session]int), users: make(map[string]int)}, nil
 }
 
 // get returns the live room called name, or nil.

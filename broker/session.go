@@ -112,14 +112,39 @@ func (s *Session) slow() {
 	}
 }
 
+// closeGrace is how long a closing socket waits for the peer's close
+// frame before the connection is dropped.
+const closeGrace = 2 * time.Second
+
 // closeWith sends last (if not nil) and then the close frame, after
-// everything already queued. Only the first close of a socket counts.
+// everything already queued, and half-closes the connection. Only the first
+// close of a socket counts.
 func (s *Session) closeWith(code uint16, reason string, last []byte) {
 	if !s.closedCode.CompareAndSwap(0, uint32(code)) {
 		return
 	}
 	s.broker.metrics.closes.WithLabelValues(strconv.Itoa(int(code))).Inc()
-	s.out.closeAfter(last, func() { _ = s.conn.WriteClose(code, []byte(reason)) })
+	bye := closeFrame(code, reason)
+	if last == nil {
+		s.out.closeAfter(s.halfClose, bye)
+	} else {
+		s.out.closeAfter(s.halfClose, last, bye)
+	}
+}
+
+// halfClose runs once the close frame is written. gws's WriteClose would
+// close the connection outright; if the peer's frames were still unread
+// then, the kernel would answer with a reset, and a peer that is still
+// sending would lose our close frame with it. So the FIN follows the close
+// frame, and the read loop goes on (ignoring data frames) until the peer's
+// own close frame, its FIN, or the grace deadline.
+func (s *Session) halfClose() {
+	nc := s.conn.NetConn()
+	_ = nc.SetReadDeadline(time.Now().Add(closeGrace))
+	if hc, ok := nc.(interface{ CloseWrite() error }); ok && hc.CloseWrite() == nil {
+		return
+	}
+	_ = nc.Close()
 }
 
 // abort drops the connection without a close frame (drain timeout).
@@ -188,6 +213,9 @@ func (s *Session) onWarn() {
 // a pong, for IdleTimeout is gone. It is paid on every frame, so it moves
 // the deadline only when a quarter of the timeout has passed.
 func (s *Session) touch(now time.Time) {
+	if s.closedCode.Load() != 0 {
+		return // closing: the close grace deadline stands
+	}
 	if now.Sub(s.lastRead) < s.broker.opts.IdleTimeout/4 {
 		return
 	}

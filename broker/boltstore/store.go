@@ -35,6 +35,16 @@ const (
 	// historyBucket is the top-level bucket this store owns; other packages
 	// keep their own buckets in the same file.
 	historyBucket = "history"
+	// stateBucket holds openKey while a Store has the database open; finding
+	// it at start means the last process did not Close (it crashed).
+	stateBucket = "history-state"
+	openKey     = "open"
+	// CrashGap is how far every room's seq jumps after a crash. Messages
+	// are fanned out before their commit, so clients may have seen seqs
+	// that never reached the disk; reusing them for new messages would make
+	// a client resuming with `since` skip those. The gap covers up to that
+	// many messages per room in flight when the process died.
+	CrashGap = 1 << 16
 	// metaKey is the key of a room's meta record inside the room's bucket.
 	metaKey = "\xff\xff\xff\xff\xff\xff\xff\xff\xff"
 	// metaLen is the size of a meta record: last, pruned and count, each
@@ -69,6 +79,10 @@ type Store struct {
 	db   *bolt.DB
 	opts Options
 	log  zerolog.Logger
+
+	// unclean is set when the previous process did not Close: SeqFloor
+	// then adds CrashGap to what the database holds.
+	unclean bool
 
 	mu     sync.Mutex
 	closed bool
@@ -118,13 +132,22 @@ func New(db *bolt.DB, opts Options) (*Store, error) {
 	if opts.PruneInterval <= 0 {
 		opts.PruneInterval = defaultPruneInterval
 	}
+	var unclean bool
 	if err := db.Update(func(tx *bolt.Tx) error {
-		_, err := tx.CreateBucketIfNotExists([]byte(historyBucket))
-		return err
+		if _, err := tx.CreateBucketIfNotExists([]byte(historyBucket)); err != nil {
+			return err
+		}
+		state, err := tx.CreateBucketIfNotExists([]byte(stateBucket))
+		if err != nil {
+			return err
+		}
+		unclean = state.Get([]byte(openKey)) != nil
+		return state.Put([]byte(openKey), []byte{1})
 	}); err != nil {
 		return nil, fmt.Errorf("create history bucket: %w", err)
 	}
 	s := &Store{
+		unclean: unclean,
 		db:      db,
 		opts:    opts,
 		log:     opts.Logger.With().Str("component", "history").Logger(),
@@ -455,6 +478,19 @@ func (s *Store) LastSeq(room string) (uint64, error) {
 	return last, nil
 }
 
+// SeqFloor implements broker.History: after a crash, a room that has not
+// appended since adds CrashGap to its last stored seq.
+func (s *Store) SeqFloor(room string) (uint64, error) {
+	s.mu.Lock()
+	_, appended := s.last[room]
+	s.mu.Unlock()
+	last, err := s.LastSeq(room)
+	if err != nil || appended || !s.unclean {
+		return last, err
+	}
+	return last + CrashGap, nil
+}
+
 // Close implements broker.History: later appends fail with
 // broker.ErrHistoryClosed, what is queued is committed, and the background
 // goroutines have exited when it returns. It leaves the database open. It
@@ -467,6 +503,13 @@ func (s *Store) Close() error {
 		s.mu.Unlock()
 		close(s.quit)
 		s.wg.Wait()
+		if s.closeErr == nil {
+			// Everything is committed: the next start may continue each
+			// room's seq exactly.
+			s.closeErr = s.db.Update(func(tx *bolt.Tx) error {
+				return tx.Bucket([]byte(stateBucket)).Delete([]byte(openKey))
+			})
+		}
 	})
 	return s.closeErr
 }

@@ -442,6 +442,9 @@ func TestRetentionByAge(t *testing.T) {
 	checkBefore(t, s, "r", 0, 100, 0, 0)
 	checkLast(t, s, "r", 8)
 	// A fresh store has no memory of the appends: LastSeq comes from disk.
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
 	s2, err := New(s.db, Options{PruneInterval: time.Hour})
 	if err != nil {
 		t.Fatal(err)
@@ -690,4 +693,32 @@ func BenchmarkAppend(b *testing.B) {
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "appends/s")
 	b.ReportMetric(ms(0.50), "p50-ms")
 	b.ReportMetric(ms(0.99), "p99-ms")
+}
+
+// After a crash (no Close), every room's seq jumps by CrashGap: seqs that
+// were fanned out but never committed must not be handed out again.
+func TestSeqJumpsAfterCrash(t *testing.T) {
+	s, db, _ := newStore(t, Options{})
+	appendWait(t, s, seqRange("r", 1, 5)...)
+	crashed, err := New(db, Options{}) // s was never closed: as after kill -9
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkLast(t, crashed, "r", 5) // what is stored is unchanged
+	for room, want := range map[string]uint64{"r": 5 + CrashGap, "never-committed": CrashGap} {
+		if floor, err := crashed.SeqFloor(room); err != nil || floor != want {
+			t.Fatalf("SeqFloor(%s) = %d, %v; want %d", room, floor, err, want)
+		}
+	}
+	if err := crashed.Close(); err != nil {
+		t.Fatal(err)
+	}
+	clean, err := New(db, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer clean.Close()
+	if floor, _ := clean.SeqFloor("r"); floor != 5 {
+		t.Fatalf("after a clean Close SeqFloor = %d, want 5", floor)
+	}
 }

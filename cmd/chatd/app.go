@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"net/http"
 
@@ -114,15 +113,6 @@ func newApp(cfg Config, log zerolog.Logger) (a *app, err error) {
 		broker:  b,
 		handler: accessLog(log.With().Str("component", "http").Logger(), mux),
 	}, nil
-}
-
-// shutdown closes every socket with 1001 (waiting until ctx ends), then
-// flushes the history and closes the store.
-func (a *app) shutdown(ctx context.Context) error {
-	if err := a.broker.Shutdown(ctx); err != nil {
-		a.log.Warn().Str("component", "main").Err(err).Msg("drain timed out; remaining sockets dropped")
-	}
-	return a.close()
 }
 
 // close flushes the history and closes the store. Every acked message is

@@ -71,22 +71,29 @@ func newFlagSet(name string, cfg *Config) *flag.FlagSet {
 	return fs
 }
 
-// parse fills cfg from args, with CHATD_<FLAG> variables as defaults: a flag
-// on the command line wins over its variable.
+// parse fills cfg from args, with CHATD_<FLAG> variables for the flags the
+// command line does not set: a flag wins over its variable. A bad flag is
+// errUsage (the flag package has printed why); a bad variable is an error
+// that says which.
 func parse(fs *flag.FlagSet, args []string, getenv func(string) string) error {
-	var err error
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return errUsage
+	}
+	set := make(map[string]bool)
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var errs []error
 	fs.VisitAll(func(f *flag.Flag) {
 		env := "CHATD_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
-		if v := getenv(env); v != "" && err == nil {
-			if e := f.Value.Set(v); e != nil {
-				err = fmt.Errorf("%s=%q: %w", env, v, e)
+		if v := getenv(env); v != "" && !set[f.Name] {
+			if err := f.Value.Set(v); err != nil {
+				errs = append(errs, fmt.Errorf("%s=%q: %w", env, v, err))
 			}
 		}
 	})
-	if err != nil {
-		return err
-	}
-	return fs.Parse(args)
+	return errors.Join(errs...)
 }
 
 // validate refuses settings chatd cannot run with.

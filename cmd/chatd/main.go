@@ -52,7 +52,7 @@ func run(args []string, stdin io.Reader, stderr io.Writer, getenv func(string) s
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
 		}
-		return errUsage
+		return err
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q (did you mean `chatd user add NAME`?)", fs.Arg(0))
@@ -107,6 +107,10 @@ func newLogger(level, format string, w io.Writer) (zerolog.Logger, error) {
 }
 
 func serve(cfg Config, log zerolog.Logger) error {
+	// Signals are caught from the start: one that arrives while the store
+	// opens must drain, not kill, once serving begins.
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
 	a, err := newApp(cfg, log)
 	if err != nil {
 		return err
@@ -125,8 +129,6 @@ func serve(cfg Config, log zerolog.Logger) error {
 	log.Info().Str("component", "main").Str("addr", ln.Addr().String()).Str("data_dir", cfg.DataDir).
 		Str("history", cfg.History).Msg("chatd listening")
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	select {
@@ -137,11 +139,19 @@ func serve(cfg Config, log zerolog.Logger) error {
 	}
 	stop()
 
+	// The drain: /readyz and /ws answer 503 while every socket is closed
+	// 1001; then the listener stops and requests in flight finish; then the
+	// history flushes what still waits for a commit.
 	log.Info().Str("component", "main").Dur("timeout", cfg.DrainTimeout).Msg("draining")
 	drain, cancel := context.WithTimeout(context.Background(), cfg.DrainTimeout)
 	defer cancel()
-	go func() { _ = srv.Shutdown(drain) }() // stops the listener; sockets are the broker's
-	if err := a.shutdown(drain); err != nil {
+	if err := a.broker.Shutdown(drain); err != nil {
+		log.Warn().Str("component", "main").Err(err).Msg("drain timed out; remaining sockets dropped")
+	}
+	if err := srv.Shutdown(drain); err != nil {
+		log.Warn().Str("component", "main").Err(err).Msg("requests still running at the drain timeout")
+	}
+	if err := a.close(); err != nil {
 		return err
 	}
 	log.Info().Str("component", "main").Msg("stopped")
@@ -172,7 +182,10 @@ func userAdd(args []string, stdin io.Reader, stderr io.Writer, getenv func(strin
 	fs := newFlagSet("chatd user add", &cfg)
 	fs.SetOutput(stderr)
 	if err := parse(fs, args, getenv); err != nil {
-		return errUsage
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
 	}
 	if fs.NArg() != 1 {
 		return errors.New("usage: chatd user add [--data-dir DIR] NAME (password on the first line of stdin)")
