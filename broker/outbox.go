@@ -14,9 +14,10 @@ import (
 // gws's own async queue has no bound (notes/gws.md); this one counts bytes
 // and tells the caller when a socket is too slow to keep.
 type outbox struct {
-	conn    net.Conn
-	limit   int           // bytes queued before the socket counts as slow
-	timeout time.Duration // deadline of each write
+	conn     net.Conn
+	limit    int           // bytes queued before the socket counts as slow
+	timeout  time.Duration // deadline of each write
+	deadline time.Time     // the write deadline last set by the flusher
 
 	mu       sync.Mutex
 	queue    [][]byte
@@ -96,13 +97,6 @@ func (o *outbox) kill() bool {
 	return true
 }
 
-// queued returns the bytes waiting to be written.
-func (o *outbox) queued() int {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.bytes
-}
-
 // flush writes batches until the queue is empty, then runs a pending close.
 func (o *outbox) flush() {
 	for {
@@ -143,9 +137,17 @@ func (o *outbox) flush() {
 	}
 }
 
+// write writes one batch. Every write needs a deadline: a peer that stops
+// reading would otherwise block it, and gws's own close frame behind it,
+// forever. Moving the deadline costs a runtime timer update, so it is moved
+// only when half of it has passed: each write gets between timeout/2 and
+// timeout. Only the flusher goroutine touches deadline.
 func (o *outbox) write(batch [][]byte) error {
-	if err := o.conn.SetWriteDeadline(time.Now().Add(o.timeout)); err != nil {
-		return err
+	if now := time.Now(); o.deadline.Sub(now) < o.timeout/2 {
+		o.deadline = now.Add(o.timeout)
+		if err := o.conn.SetWriteDeadline(o.deadline); err != nil {
+			return err
+		}
 	}
 	if len(batch) == 1 {
 		_, err := o.conn.Write(batch[0])
