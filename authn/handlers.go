@@ -145,18 +145,27 @@ func (s *Service) handleAuth(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, http.StatusBadRequest, "bad_request", "username and password are required")
 		return
 	}
+	// Every attempt takes a failure token before the password is checked
+	// (checking first would let concurrent guesses all through), and a
+	// success gives it back. Names that cannot exist share one bucket, so
+	// junk names cannot grow the limiter or reach the log.
 	now := s.cfg.Now()
-	if blocked, wait := s.failures.blocked(creds.Username, now); blocked {
+	key := creds.Username
+	if !ValidUsername(key) {
+		key = "\x00invalid"
+	}
+	attempt, wait := s.failures.reserve(key, now)
+	if attempt == nil {
 		writeRetry(w, wait, "too many failed logins for this user; try again later")
 		return
 	}
 	user, err := s.users.Check(creds.Username, creds.Password)
 	if errors.Is(err, ErrInvalidCredentials) {
-		s.failures.allow(creds.Username, now)
-		s.cfg.Log.Info().Str("user", creds.Username).Str("ip", clientIP(r)).Msg("failed login")
+		s.cfg.Log.Info().Str("user", key).Str("ip", clientIP(r)).Msg("failed login")
 		WriteError(w, http.StatusUnauthorized, "invalid_credentials", "wrong username or password")
 		return
 	}
+	attempt.CancelAt(now)
 	if err != nil {
 		s.cfg.Log.Error().Err(err).Msg("login")
 		WriteError(w, http.StatusInternalServerError, "internal", "could not log in")
@@ -208,6 +217,9 @@ func (s *Service) handleLogout(w http.ResponseWriter, r *http.Request) {
 func (s *Service) bearerPost(w http.ResponseWriter, r *http.Request) (*Claims, bool) {
 	if r.Method != http.MethodPost {
 		WriteMethodNotAllowed(w, http.MethodPost)
+		return nil, false
+	}
+	if !s.allowIP(w, r) {
 		return nil, false
 	}
 	claims, err := s.tokens.Verify(BearerToken(r.Header.Get("Authorization")))

@@ -379,3 +379,38 @@ func TestSecretIsGeneratedOnce(t *testing.T) {
 		t.Fatal("a 5-byte secret was accepted")
 	}
 }
+
+// bcrypt reads at most 72 bytes; the contract allows 256.
+func TestLongPassword(t *testing.T) {
+	f := newFixture(t, authn.ServiceConfig{OpenRegistration: true, RequestsPerSecond: -1}, authn.TokenConfig{})
+	long := strings.Repeat("p", 256)
+	f.register("alice", long)
+	f.login("alice", long)
+	// Two passwords sharing their first 72 bytes are still different.
+	if r := f.do("POST", "/auth", jsonType, creds("alice", long[:255]+"q")); r.status != 401 {
+		t.Fatalf("a different 256-byte password: %d", r.status)
+	}
+}
+
+// Concurrent wrong guesses cannot slip past the failure limit.
+func TestConcurrentFailuresAreLimited(t *testing.T) {
+	f := newFixture(t, authn.ServiceConfig{OpenRegistration: true, RequestsPerSecond: -1}, authn.TokenConfig{})
+	f.register("alice", "password1")
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	counts := map[int]int{}
+	for range 30 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := f.do("POST", "/auth", jsonType, creds("alice", "wrong-guess"))
+			mu.Lock()
+			counts[r.status]++
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	if counts[401] != 10 || counts[429] != 20 {
+		t.Fatalf("statuses %v, want 10 checked (401) and 20 refused (429)", counts)
+	}
+}

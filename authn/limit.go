@@ -58,18 +58,14 @@ func (k *keyedLimiter) allow(key string, now time.Time) (bool, time.Duration) {
 	return true, 0
 }
 
-// blocked reports whether key has no token left, without taking one, and
-// how long until it will.
-func (k *keyedLimiter) blocked(key string, now time.Time) (bool, time.Duration) {
-	if k.limit == rate.Inf {
-		return false, 0
+// reserve takes one token for key up front. When none is left it returns
+// nil and how long until one will be; otherwise the reservation, which the
+// caller cancels to give the token back.
+func (k *keyedLimiter) reserve(key string, now time.Time) (*rate.Reservation, time.Duration) {
+	r := k.bucket(key, now).ReserveN(now, 1)
+	if d := r.DelayFrom(now); d > 0 {
+		r.CancelAt(now)
+		return nil, d
 	}
-	l := k.bucket(key, now)
-	if l.TokensAt(now) >= 1 {
-		return false, 0
-	}
-	r := l.ReserveN(now, 1)
-	d := r.DelayFrom(now)
-	r.CancelAt(now)
-	return true, d
+	return r, 0
 }

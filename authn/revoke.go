@@ -18,8 +18,9 @@ type Revocations struct {
 	db  *bolt.DB
 	now func() time.Time
 
-	mu   sync.RWMutex
-	jtis map[string]time.Time // jti -> the token's exp
+	mu     sync.RWMutex
+	jtis   map[string]time.Time // jti -> when the entry may go (the token's exp + leeway)
+	pruned time.Time
 }
 
 // NewRevocations loads the denylist from db, dropping entries already past
@@ -59,7 +60,12 @@ func (r *Revocations) Revoke(jti string, exp time.Time) error {
 	}
 	r.mu.Lock()
 	r.jtis[jti] = exp
+	prune := r.now().Sub(r.pruned) > time.Hour
 	r.mu.Unlock()
+	if prune {
+		// Lazily, so a long-running server does not keep every logout.
+		return r.Prune()
+	}
 	return nil
 }
 
@@ -71,10 +77,14 @@ func (r *Revocations) IsRevoked(jti string) bool {
 	return ok
 }
 
-// Prune forgets revocations whose token has expired anyway (with a day of
-// margin for the verification leeway).
+// Prune forgets revocations whose token has expired anyway: the time kept
+// with each already includes the verification leeway.
 func (r *Revocations) Prune() error {
-	cutoff := r.now().Add(-24 * time.Hour)
+	now := r.now()
+	r.mu.Lock()
+	r.pruned = now
+	r.mu.Unlock()
+	cutoff := now
 	var dead []string
 	r.mu.RLock()
 	for jti, exp := range r.jtis {
@@ -103,11 +113,4 @@ func (r *Revocations) Prune() error {
 	}
 	r.mu.Unlock()
 	return nil
-}
-
-// Len returns how many revocations are held.
-func (r *Revocations) Len() int {
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	return len(r.jtis)
 }

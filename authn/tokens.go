@@ -26,7 +26,9 @@ type Claims struct {
 	// ends at AuthTime + the session maximum.
 	AuthTime int64 `json:"auth_time,omitempty"`
 	// Rooms, when not nil, are the only rooms this token may join.
-	Rooms []string `json:"rooms,omitempty"`
+	// omitzero, not omitempty: an empty list (no room at all) must survive
+	// a refresh, not turn into "any room".
+	Rooms []string `json:"rooms,omitzero"`
 }
 
 // Expiry returns the token's exp as a time (zero if unset).
@@ -188,10 +190,15 @@ func (t *Tokens) Verify(token string) (*Claims, error) {
 	if c.Subject == "" || c.ID == "" || c.SessionID == "" || c.Name == "" {
 		return nil, fmt.Errorf("%w: missing sub, jti, sid or name", ErrInvalidToken)
 	}
-	if t.cfg.Revoked != nil && t.cfg.Revoked.IsRevoked(c.ID) {
+	if t.Revoked(c.ID) {
 		return nil, ErrTokenRevoked
 	}
 	return c, nil
+}
+
+// Revoked reports whether the token jti has been revoked.
+func (t *Tokens) Revoked(jti string) bool {
+	return t.cfg.Revoked != nil && t.cfg.Revoked.IsRevoked(jti)
 }
 
 // BearerToken returns the token of an "Authorization: Bearer <token>" header

@@ -1,6 +1,8 @@
 package authn
 
 import (
+	"crypto/sha256"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"time"
@@ -41,7 +43,7 @@ func NewUsers(db *bolt.DB, cost int) (*Users, error) {
 	}
 	// Comparing against a hash of the same cost for unknown users makes a
 	// wrong name cost as much time as a wrong password (no enumeration).
-	dummy, err := bcrypt.GenerateFromPassword([]byte("chatd-dummy-password"), cost)
+	dummy, err := bcrypt.GenerateFromPassword(bcryptInput("chatd-dummy-password"), cost)
 	if err != nil {
 		return nil, fmt.Errorf("dummy hash: %w", err)
 	}
@@ -74,7 +76,7 @@ func (u *Users) Add(name, password string) (*User, error) {
 	if !ValidPassword(password) {
 		return nil, ErrBadPassword
 	}
-	hash, err := bcrypt.GenerateFromPassword([]byte(password), u.cost)
+	hash, err := bcrypt.GenerateFromPassword(bcryptInput(password), u.cost)
 	if err != nil {
 		return nil, fmt.Errorf("hash password: %w", err)
 	}
@@ -124,8 +126,15 @@ func (u *Users) Check(name, password string) (*User, error) {
 	if user != nil {
 		hash = user.Hash
 	}
-	if bcrypt.CompareHashAndPassword(hash, []byte(password)) != nil || user == nil {
+	if bcrypt.CompareHashAndPassword(hash, bcryptInput(password)) != nil || user == nil {
 		return nil, ErrInvalidCredentials
 	}
 	return user, nil
+}
+
+// bcryptInput maps a password of up to 256 bytes to bcrypt's input, which
+// may not pass 72 bytes: the base64 of its SHA-256 (44 bytes, no NUL).
+func bcryptInput(password string) []byte {
+	sum := sha256.Sum256([]byte(password))
+	return []byte(base64.StdEncoding.EncodeToString(sum[:]))
 }

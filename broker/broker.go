@@ -20,9 +20,14 @@ import (
 	"github.com/rs/zerolog"
 )
 
-// Verifier checks a token; authn.Tokens is one.
+// Verifier checks tokens; authn.Tokens is one.
 type Verifier interface {
+	// Verify parses and checks a token (authn's errors tell why not).
 	Verify(token string) (*authn.Claims, error)
+	// Revoked reports whether the token jti was revoked. The broker asks
+	// again once a socket is indexed under a jti: a logout between Verify
+	// and then would otherwise miss the socket.
+	Revoked(jti string) bool
 }
 
 // Options configure a Broker. Zero fields take the defaults noted.
@@ -98,6 +103,10 @@ type Broker struct {
 	stopOnce sync.Once
 	nextMsg  atomic.Uint64
 	msgBase  string
+
+	// Frames every socket may get, encoded once.
+	closeFrames  map[uint16][]byte
+	expiredFrame []byte
 }
 
 // New returns a Broker; call Close (or Shutdown) to stop its goroutines.
@@ -114,6 +123,11 @@ func New(opts Options) *Broker {
 		gone:     make(chan struct{}, 1),
 		msgBase:  newID()[:8],
 	}
+	b.closeFrames = make(map[uint16][]byte)
+	for code, reason := range closeReasons() {
+		b.closeFrames[code] = closeFrame(code, reason)
+	}
+	b.expiredFrame = textFrame(errorFrame{Type: "error", Code: CodeTokenExpired, Message: ExpiredMessage})
 	b.upgrader = gws.NewUpgrader(b, b.serverOption(nil))
 	b.chatv1 = gws.NewUpgrader(b, b.serverOption([]string{SubProtocol}))
 	go b.heartbeat()
@@ -147,7 +161,7 @@ func (b *Broker) Draining() bool { return b.draining.Load() }
 // Revoke closes, with 4003, every socket that has held the token jti.
 func (b *Broker) Revoke(jti string) {
 	for _, s := range b.registry.withJTI(jti) {
-		s.closeWith(4003, "token revoked", nil)
+		s.close(CloseTokenRevoked, true, nil)
 	}
 }
 
@@ -156,7 +170,7 @@ func (b *Broker) Revoke(jti string) {
 // It does not close the History: its owner flushes it after Shutdown.
 func (b *Broker) Shutdown(ctx context.Context) error {
 	b.draining.Store(true)
-	b.registry.each(func(s *Session) { s.closeWith(1001, "server shutting down", nil) })
+	b.registry.each(func(s *Session) { s.close(CloseGoingAway, false, nil) })
 	var err error
 	for b.registry.len() > 0 {
 		select {

@@ -32,10 +32,13 @@ func (b *Broker) start(s *Session, c *authn.Claims) {
 			b.log.Error().Err(err).Msg("join general")
 		}
 	}
-	// Shutdown may have swept the registry between the draining check and
-	// the add above; close this one itself in that case.
+	// Shutdown or a logout may have swept the registry between their check
+	// and the add above; close this one here in that case.
+	if b.opts.Verifier.Revoked(c.ID) {
+		s.close(CloseTokenRevoked, true, nil)
+	}
 	if b.draining.Load() {
-		s.closeWith(1001, "server shutting down", nil)
+		s.close(CloseGoingAway, false, nil)
 	}
 	b.log.Debug().Str("user", s.name).Str("session", s.id).Msg("open")
 }
@@ -82,7 +85,7 @@ func (b *Broker) OnMessage(c *gws.Conn, m *gws.Message) {
 	}
 	s.touch(now)
 	if m.Opcode != gws.OpcodeText {
-		s.closeWith(1003, "binary frames not supported", nil)
+		s.close(CloseUnsupported, false, nil)
 		return
 	}
 	s.handle(m.Bytes(), now)

@@ -45,6 +45,11 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	// gws negotiates from the first header line only; a client may split
+	// its subprotocols over several.
+	if vals := r.Header.Values("Sec-WebSocket-Protocol"); len(vals) > 1 {
+		r.Header.Set("Sec-WebSocket-Protocol", strings.Join(vals, ", "))
+	}
 	upgrader := b.upgrader
 	if offersChat {
 		upgrader = b.chatv1

@@ -181,3 +181,16 @@ func TestBroadcastAndPlainText(t *testing.T) {
 		}
 	}
 }
+
+// Subprotocols split over two header lines still negotiate chat.v1.
+func TestSubprotocolOnSeveralLines(t *testing.T) {
+	e := newEnv(t, broker.Options{})
+	c, err := e.dialHeader(http.Header{"Sec-WebSocket-Protocol": {"bearer." + e.token("alice"), "chat.v1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.resp.Header.Get("Sec-WebSocket-Protocol"); got != "chat.v1" {
+		t.Fatalf("subprotocol %q", got)
+	}
+	c.expect("welcome")
+}

@@ -131,7 +131,9 @@ func (h *MemoryHistory) Before(room string, before uint64, limit int) ([]Message
 		if before <= oldest {
 			return nil, nil
 		}
-		end = min(end, int(before-oldest))
+		if before-oldest < uint64(end) { // compare before converting: before may be huge
+			end = int(before - oldest)
+		}
 	}
 	start := max(0, end-limit)
 	out := make([]Message, 0, end-start)

@@ -23,7 +23,6 @@ type outbox struct {
 	queue    [][]byte
 	spare    [][]byte // the previous batch's slice, reused
 	bytes    int
-	credit   int  // bytes pushed past the limit on purpose, still queued
 	flushing bool // a flusher goroutine owns the connection's writes
 	closing  func()
 	dead     bool
@@ -33,32 +32,43 @@ type outbox struct {
 // would pass its limit; a closing socket drops the frame quietly.
 func (o *outbox) push(frame []byte) bool {
 	o.mu.Lock()
-	if !o.dead && o.closing == nil && o.bytes+len(frame) > o.limit+o.credit && o.bytes > 0 {
+	if !o.dead && o.closing == nil && o.bytes+len(frame) > o.limit && o.bytes > 0 {
 		o.mu.Unlock()
 		return false
 	}
-	o.enqueueLocked(false, nil, frame)
+	o.enqueueLocked(nil, frame)
 	return true
 }
 
-// pushForce queues frames past the limit: for bounded bursts the client
-// asked for, such as a replay.
+// pushForce queues frames even past the limit: for a bounded burst the
+// client asked for, such as a replay. They count against the limit.
 func (o *outbox) pushForce(frames ...[]byte) {
 	o.mu.Lock()
-	o.enqueueLocked(true, nil, frames...)
+	o.enqueueLocked(nil, frames...)
 }
 
 // closeAfter queues frames and runs closeFn once everything queued so far
 // is written. Later pushes are dropped.
 func (o *outbox) closeAfter(closeFn func(), frames ...[]byte) {
 	o.mu.Lock()
-	o.enqueueLocked(false, closeFn, frames...)
+	o.enqueueLocked(closeFn, frames...)
+}
+
+// closeNow drops the frames not yet written, queues frames and runs
+// closeFn once they are written. Later pushes are dropped.
+func (o *outbox) closeNow(closeFn func(), frames ...[]byte) {
+	o.mu.Lock()
+	if !o.dead {
+		clear(o.queue)
+		o.queue, o.bytes, o.closing = o.queue[:0], 0, nil
+	}
+	o.enqueueLocked(closeFn, frames...)
 }
 
 // enqueueLocked appends frames unless the outbox is dead or closing, sets
 // closeFn if given, and starts a flusher if none runs. o.mu is held on
 // entry and released on return.
-func (o *outbox) enqueueLocked(credit bool, closeFn func(), frames ...[]byte) {
+func (o *outbox) enqueueLocked(closeFn func(), frames ...[]byte) {
 	if o.dead || o.closing != nil {
 		o.mu.Unlock()
 		return
@@ -69,9 +79,6 @@ func (o *outbox) enqueueLocked(credit bool, closeFn func(), frames ...[]byte) {
 	}
 	o.queue = append(o.queue, frames...)
 	o.bytes += n
-	if credit {
-		o.credit += n
-	}
 	o.closing = closeFn
 	start := !o.flushing
 	o.flushing = true
@@ -90,7 +97,7 @@ func (o *outbox) kill() bool {
 		return false
 	}
 	o.dead = true
-	o.queue, o.spare, o.bytes, o.credit = nil, nil, 0, 0
+	o.queue, o.spare, o.bytes = nil, nil, 0
 	o.mu.Unlock()
 	// A writer blocked on a peer that does not read returns at once.
 	_ = o.conn.SetWriteDeadline(time.Now())
@@ -117,7 +124,7 @@ func (o *outbox) flush() {
 		}
 		batch := o.queue
 		o.queue = o.spare[:0]
-		o.bytes, o.credit = 0, 0
+		o.bytes = 0
 		o.mu.Unlock()
 
 		err := o.write(batch)

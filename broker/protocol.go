@@ -54,10 +54,6 @@ type (
 		Exp     int64    `json:"exp"`
 		Rooms   []string `json:"rooms"`
 	}
-	messageFrame struct {
-		Type string `json:"type"`
-		Message
-	}
 	ackFrame struct {
 		Type string          `json:"type"`
 		ID   json.RawMessage `json:"id"`

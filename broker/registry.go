@@ -58,6 +58,11 @@ func (r *registry) remove(s *Session, jtis []string) {
 	sh.mu.Lock()
 	delete(sh.sessions, s)
 	sh.mu.Unlock()
+	r.removeJTIs(s, jtis)
+}
+
+// removeJTIs unindexes s from jtis.
+func (r *registry) removeJTIs(s *Session, jtis []string) {
 	for _, jti := range jtis {
 		sh := r.shard(jti)
 		sh.mu.Lock()

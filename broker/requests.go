@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"slices"
 	"strconv"
 	"time"
 	"unicode/utf8"
@@ -92,7 +93,7 @@ func (s *Session) allow(now time.Time, id []byte) bool {
 		return true
 	}
 	if len(s.strikes) == maxStrikes && now.Sub(s.strikes[0]) < strikeWindow {
-		s.closeWith(1008, "policy violation", nil)
+		s.close(ClosePolicy, false, nil)
 		return false
 	}
 	if len(s.strikes) == maxStrikes {
@@ -110,11 +111,12 @@ func (s *Session) member(name string, id []byte) *Room {
 		s.sendError(CodeBadRequest, "room must be 1-64 of A-Za-z0-9_.-", id)
 		return nil
 	}
-	r := s.rooms[name]
-	if r == nil {
+	m, ok := s.rooms[name]
+	if !ok {
 		s.sendError(CodeNotMember, "you are not in room "+name, id)
+		return nil
 	}
-	return r
+	return m.room
 }
 
 // sendText sequences a chat message and fans it out to the room, then
@@ -166,6 +168,10 @@ func (b *Broker) messageID() string {
 	return b.msgBase + "-" + strconv.FormatUint(b.nextMsg.Add(1), 36)
 }
 
+// maxReplay bounds the messages one join replays; a client further behind
+// gets the newest ones with recovered false and pages back with history.
+const maxReplay = 1000
+
 // join makes the socket a member of room. With since, the stored messages
 // after it are queued right behind `joined`, under the room's lock, so no
 // live message can come between them, none is missed and none is sent
@@ -175,7 +181,8 @@ func (s *Session) join(name string, since *uint64, id []byte, answer bool) error
 		s.sendError(CodeRoomForbidden, "your token does not allow room "+name, id)
 		return nil
 	}
-	if s.rooms[name] == nil && len(s.rooms) >= s.broker.opts.MaxRooms {
+	_, member := s.rooms[name]
+	if !member && len(s.rooms) >= s.broker.opts.MaxRooms {
 		s.sendError(CodeRoomForbidden, "you are in the most rooms a socket may join ("+strconv.Itoa(s.broker.opts.MaxRooms)+")", id)
 		return nil
 	}
@@ -189,17 +196,16 @@ func (s *Session) join(name string, since *uint64, id []byte, answer bool) error
 	joined := joinedFrame{Type: "joined", Room: name, Seq: r.latest}
 	frames := [][]byte{nil}
 	if since != nil {
-		recovered := true
-		if *since < r.latest {
-			msgs, complete, err := b.opts.History.After(name, *since, int(r.latest-*since))
-			if err != nil {
-				return err
-			}
-			recovered = complete
-			for i := range msgs {
-				frames = append(frames, frame(opText, messagePayload(&msgs[i])))
-			}
+		// A member already had everything after it joined, live.
+		upTo := r.latest
+		if member {
+			upTo = s.rooms[name].since
 		}
+		replay, recovered, err := s.replay(name, *since, upTo)
+		if err != nil {
+			return err
+		}
+		frames = append(frames, replay...)
 		joined.Recovered = &recovered
 	}
 	if answer {
@@ -207,25 +213,66 @@ func (s *Session) join(name string, since *uint64, id []byte, answer bool) error
 	} else {
 		frames = frames[1:]
 	}
-	if s.rooms[name] == nil {
+	if !member {
 		if r.addLocked(s) {
 			r.broadcastLocked(textFrame(presenceFrame{Type: "presence", Room: name, Join: s.name}), s)
 		}
-		s.rooms[name] = r
+		s.rooms[name] = membership{room: r, since: r.latest}
 	}
-	// A replay may be larger than the queue bound; it is bounded by the
-	// history kept, and evicting a client for catching up would be absurd.
+	// The replay is bounded (replay); it may pass the queue bound once, as
+	// a client that asked to catch up is not slow for doing so.
 	s.out.pushForce(frames...)
 	return nil
+}
+
+// replay returns the frames of room's stored messages with since < seq <=
+// upTo. It sends at most maxReplay messages and half the send queue's bytes,
+// the newest ones when it must cut. complete is false when it cut or when
+// the store had pruned some of them.
+func (s *Session) replay(room string, since, upTo uint64) (frames [][]byte, complete bool, err error) {
+	if since >= upTo {
+		return nil, true, nil
+	}
+	h := s.broker.opts.History
+	var msgs []Message
+	if upTo-since <= maxReplay {
+		msgs, complete, err = h.After(room, since, int(upTo-since))
+	} else {
+		msgs, err = h.Before(room, upTo+1, maxReplay)
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	// Newest first, within the budget. Seqs above upTo are left out:
+	// After counts messages, and seqs may have gaps.
+	budget := s.broker.opts.SendQueueBytes / 2
+	for i := len(msgs) - 1; i >= 0; i-- {
+		m := &msgs[i]
+		if m.Seq > upTo {
+			continue
+		}
+		if m.Seq <= since {
+			break
+		}
+		f := frame(opText, messagePayload(m))
+		if budget -= len(f); budget < 0 && len(frames) > 0 {
+			complete = false
+			break
+		}
+		frames = append(frames, f)
+	}
+	slices.Reverse(frames)
+	return frames, complete, nil
 }
 
 // leave removes the socket from room, telling the others if it was the
 // user's last socket there.
 func (s *Session) leave(name string) {
-	r := s.rooms[name]
-	if r == nil {
+	m, ok := s.rooms[name]
+	if !ok {
 		return
 	}
+	r := m.room
 	delete(s.rooms, name)
 	r.mu.Lock()
 	if _, last := r.removeLocked(s); last {
@@ -292,6 +339,10 @@ func (s *Session) refresh(token string, id []byte) {
 		return
 	}
 	s.addJTI(c.ID)
+	s.mayJoin = c.MayJoin
 	s.schedule(c.Expiry())
 	s.send(textFrame(refreshedFrame{Type: "refreshed", Exp: c.Expiry().Unix()}))
+	if s.broker.opts.Verifier.Revoked(c.ID) { // logged out while we indexed it
+		s.close(CloseTokenRevoked, true, nil)
+	}
 }

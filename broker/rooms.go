@@ -88,14 +88,6 @@ func (rs *rooms) load(name string) (*Room, error) {
 	return &Room{name: name, seq: floor, latest: latest, index: make(map[*Session]int), users: make(map[string]int)}, nil
 }
 
-// get returns the live room called name, or nil.
-func (rs *rooms) get(name string) *Room {
-	sh := rs.shard(name)
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	return sh.rooms[name]
-}
-
 // dropIfEmpty removes r from the directory if it has no members.
 func (rs *rooms) dropIfEmpty(r *Room) {
 	sh := rs.shard(r.name)

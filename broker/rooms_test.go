@@ -233,14 +233,14 @@ func TestSinceReplayRacesLiveTraffic(t *testing.T) {
 			default:
 			}
 			_ = sender.conn.WriteString(fmt.Sprintf(`{"type":"send","room":"busy","text":"%d"}`, i))
-			if i%50 == 49 {
+			if i%10 == 9 {
 				time.Sleep(time.Millisecond) // let joins interleave with sends
 			}
 		}
 	}()
+	var since uint64
 	for round := range 10 {
 		c := e.dial(e.token(fmt.Sprint("joiner", round)))
-		since := uint64(round * 3)
 		c.send(map[string]any{"type": "join", "room": "busy", "since": since})
 		j := c.expect("joined")
 		if j["recovered"] != true {
@@ -259,6 +259,7 @@ func TestSinceReplayRacesLiveTraffic(t *testing.T) {
 			want++
 		}
 		c.conn.WriteClose(1000, nil)
+		since = j.num("seq") - min(j.num("seq"), 20) // the next joiner is a little behind
 	}
 	close(stop)
 	<-done
@@ -357,4 +358,64 @@ func TestCloseCodes(t *testing.T) {
 		for bystander.expect("message").str("text") != "fine" {
 		}
 	})
+}
+
+// A join far behind replays only the newest messages (at most 1000, and
+// half the send queue in bytes) and says it did not recover everything.
+func TestReplayIsBounded(t *testing.T) {
+	e := newEnv(t, broker.Options{RateLimit: 1e6, History: broker.NewMemoryHistory(5000), SendQueueBytes: 1 << 20})
+	sender := e.dial(e.token("sender"))
+	for i := range 1500 {
+		_ = sender.conn.WriteString(fmt.Sprint(i))
+	}
+	for got := 0; got < 1500; {
+		if sender.next().str("type") == "message" {
+			got++
+		}
+	}
+	late := e.dial(e.token("late"))
+	late.send(map[string]any{"type": "join", "room": "general", "since": 0})
+	j := late.expect("joined")
+	if j["recovered"] != false || j.num("seq") != 1500 {
+		t.Fatalf("joined = %v, want recovered false at 1500", j)
+	}
+	for want := uint64(501); want <= 1500; want++ {
+		if m := late.expect("message"); m.num("seq") != want {
+			t.Fatalf("replayed seq %d, want %d", m.num("seq"), want)
+		}
+	}
+}
+
+// A socket already in a room that joins it again with since gets the
+// stored messages up to when it joined, not again the ones it got live.
+func TestRejoinDoesNotRepeatLiveMessages(t *testing.T) {
+	e := newEnv(t, broker.Options{})
+	alice := e.dial(e.token("alice"))
+	alice.send(map[string]any{"type": "send", "room": "general", "text": "one"})
+	alice.expect("message")
+	bob := e.dial(e.token("bob")) // joins general at seq 1
+	alice.send(map[string]any{"type": "send", "room": "general", "text": "two"})
+	if m := bob.expect("message"); m.num("seq") != 2 {
+		t.Fatalf("live message %v", m)
+	}
+	bob.send(map[string]any{"type": "join", "room": "general", "since": 0})
+	if j := bob.expect("joined"); j.num("seq") != 2 || j["recovered"] != true {
+		t.Fatalf("joined = %v", j)
+	}
+	if m := bob.expect("message"); m.num("seq") != 1 {
+		t.Fatalf("replayed %v, want seq 1 only", m)
+	}
+	bob.send(map[string]any{"type": "who", "room": "general"})
+	bob.expect("presence") // and nothing else came in between: no seq 2 again
+}
+
+func TestHistoryBeforeHugeSeq(t *testing.T) {
+	e := newEnv(t, broker.Options{})
+	c := e.dial(e.token("alice"))
+	c.send(map[string]any{"type": "send", "room": "general", "text": "x"})
+	c.expect("message")
+	c.send(map[string]any{"type": "history", "room": "general", "before": uint64(1<<64 - 1)})
+	if h := c.expect("history"); len(h["messages"].([]any)) != 1 {
+		t.Fatalf("history = %v", h)
+	}
 }

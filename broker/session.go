@@ -3,6 +3,7 @@ package broker
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -25,7 +26,7 @@ type Session struct {
 
 	// Touched only by the socket's read loop (and by the handler before
 	// the loop starts), so they need no lock.
-	rooms    map[string]*Room
+	rooms    map[string]membership
 	mayJoin  func(string) bool
 	limiter  *rate.Limiter
 	strikes  []time.Time // recent rate_limited errors
@@ -39,6 +40,12 @@ type Session struct {
 	expire     *wheel.Timer
 	warn       *wheel.Timer
 	closedCode atomic.Uint32 // the code the server closed with, once it did
+}
+
+// membership is a socket's place in a room.
+type membership struct {
+	room  *Room
+	since uint64 // the room's latest seq when the socket joined: later ones came live
 }
 
 // sessionSlot is the gws SessionStorage of a connection. It holds only the
@@ -77,7 +84,7 @@ func (b *Broker) newSession(conn *gws.Conn, c *authn.Claims) *Session {
 		sub:     c.Subject,
 		broker:  b,
 		conn:    conn,
-		rooms:   make(map[string]*Room),
+		rooms:   make(map[string]membership),
 		mayJoin: c.MayJoin,
 		limiter: rate.NewLimiter(rate.Limit(b.opts.RateLimit), max(1, int(2*b.opts.RateLimit))),
 		jtis:    []string{c.ID},
@@ -95,40 +102,60 @@ func (s *Session) send(frame []byte) {
 	}
 }
 
-// slow evicts a socket that does not keep up with close 4008, without
-// waiting for the frames queued before it.
+// slow evicts a socket that does not keep up: close 4008, dropping the
+// frames not yet written. The write in flight gets a second more; only if
+// it completes does the close frame follow it (never into the middle of a
+// frame), and a peer that reads nothing just sees the connection end.
 func (s *Session) slow() {
-	if !s.closedCode.CompareAndSwap(0, 4008) {
-		return
-	}
-	s.broker.metrics.closes.WithLabelValues("4008").Inc()
-	if s.out.kill() {
-		// WriteClose can block until its deadline: never on the caller's
-		// goroutine, which may be fanning out under a room lock.
-		go func() {
-			_ = s.conn.NetConn().SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
-			_ = s.conn.WriteClose(4008, []byte("slow consumer"))
-		}()
-	}
+	s.close(4008, true, nil)
+	_ = s.conn.NetConn().SetWriteDeadline(time.Now().Add(time.Second))
 }
 
 // closeGrace is how long a closing socket waits for the peer's close
 // frame before the connection is dropped.
 const closeGrace = 2 * time.Second
 
-// closeWith sends last (if not nil) and then the close frame, after
-// everything already queued, and half-closes the connection. Only the first
-// close of a socket counts.
-func (s *Session) closeWith(code uint16, reason string, last []byte) {
+// Close codes the server sends, with their reasons (PROTOCOL.md).
+const (
+	CloseGoingAway    = 1001
+	CloseUnsupported  = 1003
+	ClosePolicy       = 1008
+	CloseTokenExpired = 4001
+	CloseTokenRevoked = 4003
+	CloseSlowConsumer = 4008
+)
+
+// closeReasons are the texts of the close frames the server sends.
+func closeReasons() map[uint16]string {
+	return map[uint16]string{
+		CloseGoingAway:    "server shutting down",
+		CloseUnsupported:  "binary frames not supported",
+		ClosePolicy:       "policy violation",
+		CloseTokenExpired: "token expired",
+		CloseTokenRevoked: "token revoked",
+		CloseSlowConsumer: "slow consumer",
+	}
+}
+
+// close sends last (if not nil), then the close frame with code, and then
+// half-closes the connection. With drop, the frames not yet written are
+// dropped first (an expired or revoked token must not wait behind a
+// backlog); without, they go out before. Only the first close counts.
+func (s *Session) close(code uint16, drop bool, last []byte) {
 	if !s.closedCode.CompareAndSwap(0, uint32(code)) {
 		return
 	}
-	s.broker.metrics.closes.WithLabelValues(strconv.Itoa(int(code))).Inc()
-	bye := closeFrame(code, reason)
-	if last == nil {
-		s.out.closeAfter(s.halfClose, bye)
+	b := s.broker
+	b.metrics.closes.WithLabelValues(strconv.Itoa(int(code))).Inc()
+	bye := b.closeFrames[code]
+	frames := [][]byte{bye}
+	if last != nil {
+		frames = [][]byte{last, bye}
+	}
+	if drop {
+		s.out.closeNow(s.halfClose, frames...)
 	} else {
-		s.out.closeAfter(s.halfClose, last, bye)
+		s.out.closeAfter(s.halfClose, frames...)
 	}
 }
 
@@ -159,12 +186,28 @@ func (s *Session) sendError(code, message string, id []byte) {
 	s.send(textFrame(errorFrame{Type: "error", Code: code, Message: message, ID: id}))
 }
 
+// maxJTIs bounds the tokens one socket remembers for logout; a socket
+// refreshed more often than that forgets its oldest (long expired) tokens.
+const maxJTIs = 16
+
 // addJTI records a token the socket now holds, for logout.
 func (s *Session) addJTI(jti string) {
 	s.mu.Lock()
+	if slices.Contains(s.jtis, jti) {
+		s.mu.Unlock()
+		return
+	}
 	s.jtis = append(s.jtis, jti)
+	var forget []string
+	if len(s.jtis) > maxJTIs {
+		forget = []string{s.jtis[0]}
+		s.jtis = slices.Delete(s.jtis, 0, 1)
+	}
 	s.mu.Unlock()
 	s.broker.registry.addJTI(s, jti)
+	if forget != nil {
+		s.broker.registry.removeJTIs(s, forget)
+	}
 }
 
 func (s *Session) heldJTIs() []string {
@@ -194,10 +237,12 @@ func (s *Session) expired(now time.Time) bool { return now.UnixNano() >= s.close
 // onExpire runs on the wheel's goroutine: it only queues, never writes.
 func (s *Session) onExpire() {
 	if !s.expired(time.Now()) {
-		return // a refresh moved the close after the wheel picked it up
+		// A refresh moved the close after the wheel picked this up (or the
+		// clock stepped back): make sure the timer stands at the new time.
+		s.broker.wheel.Schedule(s.expire, time.Unix(0, s.closeAt.Load()))
+		return
 	}
-	s.closeWith(4001, "token expired",
-		textFrame(errorFrame{Type: "error", Code: CodeTokenExpired, Message: ExpiredMessage}))
+	s.close(CloseTokenExpired, true, s.broker.expiredFrame)
 }
 
 func (s *Session) onWarn() {
@@ -221,4 +266,9 @@ func (s *Session) touch(now time.Time) {
 	}
 	s.lastRead = now
 	_ = s.conn.SetReadDeadline(now.Add(s.broker.opts.IdleTimeout))
+	if s.closedCode.Load() != 0 {
+		// A close began meanwhile and its grace deadline may have been
+		// overwritten just now: restore one.
+		_ = s.conn.SetReadDeadline(now.Add(closeGrace))
+	}
 }

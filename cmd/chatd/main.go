@@ -117,7 +117,8 @@ func serve(cfg Config, log zerolog.Logger) error {
 	}
 	srv := &http.Server{
 		Handler:           a.handler,
-		ReadHeaderTimeout: 5 * time.Second, // slowloris on the upgrade request
+		ReadHeaderTimeout: 5 * time.Second,  // slowloris on the upgrade request
+		ReadTimeout:       15 * time.Second, // and on a dribbled body (gws clears it after the 101)
 		MaxHeaderBytes:    16 << 10,
 		IdleTimeout:       2 * time.Minute,
 	}
