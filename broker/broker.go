@@ -46,11 +46,16 @@ type Options struct {
 	ExpiryWarning   time.Duration // `expiring` this long before the close; 30s
 	Leeway          time.Duration // sockets close at exp + Leeway
 	MaxRooms        int           // rooms one socket may be in; 100
-	MaxSockets      int           // open sockets before 503 overloaded; 0 = no limit
-	PingInterval    time.Duration // server pings this often; 25s
-	IdleTimeout     time.Duration // no frame from the peer for this long closes it; 60s
-	WriteTimeout    time.Duration // one write to a socket; 10s
-	WheelTick       time.Duration // expiry precision; 5ms
+	// PresenceLimit is the largest room whose members are told of every
+	// join and leave (default 1000). In a larger room each arrival would
+	// cost a frame to every member, quadratic in the room's size; `who`
+	// still answers there.
+	PresenceLimit int
+	MaxSockets    int           // open sockets before 503 overloaded; 0 = no limit
+	PingInterval  time.Duration // server pings this often; 25s
+	IdleTimeout   time.Duration // no frame from the peer for this long closes it; 60s
+	WriteTimeout  time.Duration // one write to a socket; 10s
+	WheelTick     time.Duration // expiry precision; 5ms
 
 	Log     zerolog.Logger
 	Metrics prometheus.Registerer // nil: no metrics registered
@@ -71,6 +76,9 @@ func (o *Options) defaults() {
 	}
 	if o.ExpiryWarning <= 0 {
 		o.ExpiryWarning = 30 * time.Second
+	}
+	if o.PresenceLimit <= 0 {
+		o.PresenceLimit = 1000
 	}
 	if o.MaxRooms <= 0 {
 		o.MaxRooms = 100

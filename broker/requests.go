@@ -214,7 +214,7 @@ func (s *Session) join(name string, since *uint64, id []byte, answer bool) error
 		frames = frames[1:]
 	}
 	if !member {
-		if r.addLocked(s) {
+		if r.addLocked(s) && len(r.members) <= b.opts.PresenceLimit {
 			r.broadcastLocked(textFrame(presenceFrame{Type: "presence", Room: name, Join: s.name}), s)
 		}
 		s.rooms[name] = membership{room: r, since: r.latest}
@@ -275,7 +275,7 @@ func (s *Session) leave(name string) {
 	r := m.room
 	delete(s.rooms, name)
 	r.mu.Lock()
-	if _, last := r.removeLocked(s); last {
+	if _, last := r.removeLocked(s); last && len(r.members) < s.broker.opts.PresenceLimit {
 		r.broadcastLocked(textFrame(presenceFrame{Type: "presence", Room: name, Leave: s.name}), nil)
 	}
 	empty := len(r.members) == 0

@@ -419,3 +419,18 @@ func TestHistoryBeforeHugeSeq(t *testing.T) {
 		t.Fatalf("history = %v", h)
 	}
 }
+
+func TestNoPresenceEventsInLargeRooms(t *testing.T) {
+	e := newEnv(t, broker.Options{PresenceLimit: 2})
+	a := e.dial(e.token("a"))
+	e.dial(e.token("b"))
+	if p := a.expect("presence"); p.str("join") != "b" {
+		t.Fatalf("presence = %v", p)
+	}
+	e.dial(e.token("c")) // a third member: over the limit, no event
+	a.send(map[string]any{"type": "who", "room": "general"})
+	p := a.expect("presence")
+	if users, _ := p["users"].([]any); len(users) != 3 {
+		t.Fatalf("who = %v, want the answer with 3 users and no join event before it", p)
+	}
+}

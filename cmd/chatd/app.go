@@ -72,6 +72,7 @@ func newApp(cfg Config, log zerolog.Logger) (a *app, err error) {
 		ExpiryWarning:   cfg.ExpiryWarning,
 		Leeway:          cfg.JWTLeeway,
 		MaxRooms:        cfg.MaxRooms,
+		PresenceLimit:   cfg.PresenceLimit,
 		MaxSockets:      cfg.MaxSockets,
 		PingInterval:    cfg.PingInterval,
 		IdleTimeout:     cfg.IdleTimeout,

@@ -34,6 +34,7 @@ type Config struct {
 	HistoryMaxAge  time.Duration
 	MaxSockets     int
 	MaxRooms       int
+	PresenceLimit  int
 	AuthRate       float64
 	BcryptCost     int
 	PingInterval   time.Duration
@@ -64,6 +65,7 @@ func newFlagSet(name string, cfg *Config) *flag.FlagSet {
 	fs.DurationVar(&cfg.HistoryMaxAge, "history-max-age", 0, "drop messages older than this (0: keep by count only)")
 	fs.IntVar(&cfg.MaxSockets, "max-sockets", 0, "open sockets before /ws answers 503 (0: no limit)")
 	fs.IntVar(&cfg.MaxRooms, "max-rooms", 100, "rooms one socket may be in")
+	fs.IntVar(&cfg.PresenceLimit, "presence-limit", 1000, "largest room whose members get presence join/leave events")
 	fs.Float64Var(&cfg.AuthRate, "auth-rate", 20, "POST /register and /auth requests per second per client address, burst twice that (0: no limit)")
 	fs.IntVar(&cfg.BcryptCost, "bcrypt-cost", 10, "bcrypt cost of new password hashes (4-31)")
 	fs.DurationVar(&cfg.PingInterval, "ping-interval", 25*time.Second, "how often the server pings each socket")
