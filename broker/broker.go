@@ -203,17 +203,20 @@ func (b *Broker) Close() {
 }
 
 // heartbeat pings every socket each PingInterval; the read deadline set on
-// each frame received closes sockets whose peer has gone silent.
+// each frame received closes sockets whose peer has gone silent. It pings
+// one registry shard per step, spread over the interval: pinging every idle
+// socket at once would start a flusher goroutine for each at the same time,
+// and their stacks would stay in the process's memory.
 func (b *Broker) heartbeat() {
-	t := time.NewTicker(b.opts.PingInterval)
+	t := time.NewTicker(max(b.opts.PingInterval/registryShards, time.Millisecond))
 	defer t.Stop()
 	ping := frame(opPing, nil)
-	for {
+	for shard := 0; ; shard = (shard + 1) % registryShards {
 		select {
 		case <-b.stop:
 			return
 		case <-t.C:
-			b.registry.each(func(s *Session) { s.send(ping) })
+			b.registry.eachIn(shard, func(s *Session) { s.send(ping) })
 		}
 	}
 }

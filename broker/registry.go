@@ -95,18 +95,23 @@ func (r *registry) withJTI(jti string) []*Session {
 // each calls f for every session, one shard at a time, without holding a
 // shard's lock while f runs.
 func (r *registry) each(f func(*Session)) {
-	var batch []*Session
 	for i := range r.shards {
-		sh := &r.shards[i]
-		sh.mu.Lock()
-		batch = batch[:0]
-		for s := range sh.sessions {
-			batch = append(batch, s)
-		}
-		sh.mu.Unlock()
-		for _, s := range batch {
-			f(s)
-		}
+		r.eachIn(i, f)
+	}
+}
+
+// eachIn calls f for every session of shard i, without holding the shard's
+// lock while f runs.
+func (r *registry) eachIn(i int, f func(*Session)) {
+	sh := &r.shards[i]
+	sh.mu.Lock()
+	batch := make([]*Session, 0, len(sh.sessions))
+	for s := range sh.sessions {
+		batch = append(batch, s)
+	}
+	sh.mu.Unlock()
+	for _, s := range batch {
+		f(s)
 	}
 }
 
