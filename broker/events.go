@@ -11,9 +11,9 @@ import (
 // claim leaves it out).
 const General = "general"
 
-// start makes a freshly upgraded socket live: welcome first, then the
-// registry, the general room and the expiry wheel. It runs before the read
-// loop, so nothing the loop does can overtake the welcome.
+// start makes a freshly upgraded socket live: the registry, the general
+// room and the expiry wheel, and the welcome as its first frame. It runs
+// before the read loop, so every request finds the socket in place.
 func (b *Broker) start(s *Session, c *authn.Claims) {
 	now := time.Now()
 	s.lastRead = now
@@ -23,7 +23,11 @@ func (b *Broker) start(s *Session, c *authn.Claims) {
 	if c.MayJoin(General) {
 		rooms = append(rooms, General)
 	}
-	s.send(textFrame(welcomeFrame{Type: "welcome", User: s.name, Session: s.id, Exp: c.Expiry().Unix(), Rooms: rooms}))
+	// This goroutine is the socket's writer until the welcome is out:
+	// frames queued meanwhile (presence, a close) wait behind it, and no
+	// flusher goroutine is started per handshake.
+	s.out.hold()
+	defer s.out.release(textFrame(welcomeFrame{Type: "welcome", User: s.name, Session: s.id, Exp: c.Expiry().Unix(), Rooms: rooms}))
 	b.registry.add(s, c.ID)
 	b.metrics.sockets.Inc()
 	s.schedule(c.Expiry())

@@ -134,14 +134,38 @@ func (o *outbox) flush() {
 		o.spare = batch[:0]
 		o.mu.Unlock()
 		if err != nil {
-			o.kill()
-			_ = o.conn.Close() // the read loop sees it and runs OnClose
-			o.mu.Lock()
-			o.flushing = false
-			o.mu.Unlock()
+			o.fail()
 			return
 		}
 	}
+}
+
+// hold makes the caller the socket's writer: frames pushed from now on
+// queue up, and no flusher starts until release.
+func (o *outbox) hold() {
+	o.mu.Lock()
+	o.flushing = true
+	o.mu.Unlock()
+}
+
+// release writes first, then everything queued since hold, on the calling
+// goroutine, and hands the writing back to flusher goroutines.
+func (o *outbox) release(first []byte) {
+	if err := o.write([][]byte{first}); err != nil {
+		o.fail()
+		return
+	}
+	o.flush()
+}
+
+// fail ends a connection whose write failed; the read loop sees it and
+// runs OnClose.
+func (o *outbox) fail() {
+	o.kill()
+	_ = o.conn.Close()
+	o.mu.Lock()
+	o.flushing = false
+	o.mu.Unlock()
 }
 
 // write writes one batch. Every write needs a deadline: a peer that stops

@@ -427,7 +427,9 @@ func TestNoPresenceEventsInLargeRooms(t *testing.T) {
 	if p := a.expect("presence"); p.str("join") != "b" {
 		t.Fatalf("presence = %v", p)
 	}
-	e.dial(e.token("c")) // a third member: over the limit, no event
+	c := e.dial(e.token("c")) // a third member: over the limit, no event
+	c.send(map[string]any{"type": "who", "room": "general"})
+	c.expect("presence") // c is in the room
 	a.send(map[string]any{"type": "who", "room": "general"})
 	p := a.expect("presence")
 	if users, _ := p["users"].([]any); len(users) != 3 {
