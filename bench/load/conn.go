@@ -1,0 +1,360 @@
+// Package load drives chatd with real WebSocket clients over loopback: it
+// opens and holds authenticated sockets, sends timestamped chat messages,
+// and measures what comes back (deliveries, latency, handshakes, expiry
+// lateness) in HDR histograms that merge across processes.
+//
+// It is shared by the go test benchmarks in bench/ and by cmd/chatbench.
+package load
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/lxzan/gws"
+)
+
+// Dialer opens client sockets to one chatd /ws URL.
+type Dialer struct {
+	// URL is the WebSocket endpoint, e.g. ws://127.0.0.1:3000/ws.
+	URL string
+	// SourceIPs are local addresses used in turn, to spread sockets past
+	// one address's ephemeral ports. Empty: the kernel chooses.
+	SourceIPs []net.IP
+	// ReadBufferSize is each socket's read buffer (default 1024). A larger
+	// one reads more frames per syscall under fan-out load.
+	ReadBufferSize int
+	// Timeout bounds the dial plus the handshake plus the welcome (5s).
+	Timeout time.Duration
+
+	next atomic.Uint64
+}
+
+// Events receives what happens on the sockets of a Dialer. Each method runs
+// on the socket's own read goroutine and must be quick. Any may be nil.
+type Events struct {
+	// Message is called for every `message` frame with its text.
+	Message func(c *Conn, text []byte, now time.Time)
+	// Frame is called for every other frame after the welcome, with its type.
+	Frame func(c *Conn, typ string, frame []byte)
+	// Closed is called once when the socket ends, with the close code the
+	// server sent (0 if none) and when the read loop saw it.
+	Closed func(c *Conn, code uint16, at time.Time)
+}
+
+// Conn is one open client socket.
+type Conn struct {
+	ID    int   // the caller's index for it
+	Shard int   // which Recorder shard it records into
+	Exp   int64 // the token's exp from the welcome frame (unix seconds)
+
+	sender atomic.Pointer[Sender]
+
+	ws       *gws.Conn
+	events   *Events
+	welcome  chan error
+	welcomed bool // touched only by the read loop
+	closed   atomic.Bool
+}
+
+// Welcome is the first frame the server sends.
+type welcome struct {
+	Type string `json:"type"`
+	Exp  int64  `json:"exp"`
+	// error frame fields, in case the server refuses something first
+	Code string `json:"code"`
+}
+
+// ErrStatus is a refused handshake: the HTTP status and the error code of
+// the JSON body, when there was one.
+type ErrStatus struct {
+	Status int
+	Code   string
+}
+
+func (e *ErrStatus) Error() string {
+	if e.Code != "" {
+		return fmt.Sprintf("handshake refused: %d %s", e.Status, e.Code)
+	}
+	return fmt.Sprintf("handshake refused: %d", e.Status)
+}
+
+// Dial opens a socket with token, waits for the welcome frame and returns
+// the socket with its read loop running. id and shard are stored in Conn.
+func (d *Dialer) Dial(token string, id, shard int, ev *Events) (*Conn, error) {
+	timeout := d.Timeout
+	if timeout <= 0 {
+		timeout = 5 * time.Second
+	}
+	rbuf := d.ReadBufferSize
+	if rbuf <= 0 {
+		rbuf = 1024
+	}
+	var local net.Addr
+	if n := len(d.SourceIPs); n > 0 {
+		local = &net.TCPAddr{IP: d.SourceIPs[int(d.next.Add(1))%n]}
+	}
+	c := &Conn{ID: id, Shard: shard, events: ev, welcome: make(chan error, 1)}
+	// gws fills defaults into the option it is given: a fresh one per dial.
+	opt := &gws.ClientOption{
+		Addr:             d.URL,
+		RequestHeader:    http.Header{"Authorization": {"Bearer " + token}},
+		ReadBufferSize:   rbuf,
+		HandshakeTimeout: timeout,
+		// Compression stays off: each compressing client costs a flate
+		// state, and chatd's frames are small.
+		NewDialer: func() (gws.Dialer, error) {
+			return &net.Dialer{Timeout: timeout, LocalAddr: local}, nil
+		},
+		NewSession: func() gws.SessionStorage { return noSession{} },
+	}
+	ws, resp, err := gws.NewClient((*handler)(c), opt)
+	if err != nil {
+		if resp != nil {
+			se := &ErrStatus{Status: resp.StatusCode}
+			if resp.Body != nil {
+				var body struct{ Error string }
+				_ = json.NewDecoder(resp.Body).Decode(&body)
+				se.Code = body.Error
+				resp.Body.Close()
+			}
+			return nil, se
+		}
+		return nil, err
+	}
+	c.ws = ws
+	go ws.ReadLoop()
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case err := <-c.welcome:
+		if err != nil {
+			c.Abort()
+			return nil, err
+		}
+		return c, nil
+	case <-t.C:
+		c.Abort()
+		return nil, errors.New("no welcome frame within " + timeout.String())
+	}
+}
+
+// Sender returns the Sender driving c, or nil.
+func (c *Conn) Sender() *Sender { return c.sender.Load() }
+
+// Write sends one text frame.
+func (c *Conn) Write(frame []byte) error { return c.ws.WriteMessage(gws.OpcodeText, frame) }
+
+// Close sends a normal close frame and ends the socket.
+func (c *Conn) Close() { _ = c.ws.WriteClose(1000, nil) }
+
+// Abort drops the TCP connection without a close frame.
+func (c *Conn) Abort() { _ = c.ws.NetConn().Close() }
+
+// Closed reports whether the socket has ended.
+func (c *Conn) Closed() bool { return c.closed.Load() }
+
+// LocalAddr returns the client end's address.
+func (c *Conn) LocalAddr() net.Addr { return c.ws.NetConn().LocalAddr() }
+
+// handler is Conn's gws.Event; a distinct type keeps the callbacks off
+// Conn's documented methods.
+type handler Conn
+
+func (h *handler) OnOpen(*gws.Conn) {}
+
+func (h *handler) OnPing(c *gws.Conn, p []byte) { _ = c.WritePong(p) }
+
+func (h *handler) OnPong(*gws.Conn, []byte) {}
+
+func (h *handler) OnClose(_ *gws.Conn, err error) {
+	at := time.Now()
+	c := (*Conn)(h)
+	if c.closed.Swap(true) {
+		return
+	}
+	var code uint16
+	var ce *gws.CloseError
+	if errors.As(err, &ce) {
+		code = ce.Code
+	}
+	select {
+	case c.welcome <- fmt.Errorf("closed before the welcome (code %d)", code):
+	default:
+	}
+	if c.events != nil && c.events.Closed != nil {
+		c.events.Closed(c, code, at)
+	}
+}
+
+var (
+	messagePrefix = []byte(`{"type":"message",`)
+	textKey       = []byte(`,"text":"`)
+)
+
+func (h *handler) OnMessage(_ *gws.Conn, m *gws.Message) {
+	defer m.Close()
+	c := (*Conn)(h)
+	data := m.Bytes()
+	// The hot path: a message frame. Find the text without decoding the
+	// whole frame; chatd writes "text" after room, seq, id and from.
+	if bytes.HasPrefix(data, messagePrefix) {
+		if c.events == nil || c.events.Message == nil {
+			return
+		}
+		now := time.Now()
+		// bytes.Index, not LastIndex: Index is vectorised, LastIndex is
+		// Rabin-Karp and was 17% of the client's CPU under fan-out.
+		i := bytes.Index(data, textKey)
+		if i < 0 {
+			c.events.Message(c, nil, now)
+			return
+		}
+		text := data[i+len(textKey):]
+		if j := bytes.IndexByte(text, '"'); j >= 0 {
+			text = text[:j]
+		}
+		c.events.Message(c, text, now)
+		return
+	}
+	if !c.welcomed {
+		c.welcomed = true
+		var w welcome
+		if err := json.Unmarshal(data, &w); err != nil || w.Type != "welcome" {
+			c.welcome <- fmt.Errorf("first frame is not a welcome: %.200s", data)
+			return
+		}
+		c.Exp = w.Exp
+		c.welcome <- nil
+		return
+	}
+	if c.events != nil && c.events.Frame != nil {
+		c.events.Frame(c, frameType(data), data)
+	}
+}
+
+// frameType returns the "type" of a server frame, which chatd writes first.
+func frameType(data []byte) string {
+	const key = `{"type":"`
+	if !bytes.HasPrefix(data, []byte(key)) {
+		var v struct{ Type string }
+		_ = json.Unmarshal(data, &v)
+		return v.Type
+	}
+	rest := data[len(key):]
+	if j := bytes.IndexByte(rest, '"'); j >= 0 {
+		return string(rest[:j])
+	}
+	return ""
+}
+
+// ErrorCode returns the "code" of an error frame.
+func ErrorCode(frame []byte) string {
+	var v struct{ Code string }
+	_ = json.Unmarshal(frame, &v)
+	return v.Code
+}
+
+// noSession is a SessionStorage that stores nothing: the harness keeps its
+// state in Conn, and gws's default map costs memory per socket.
+type noSession struct{}
+
+func (noSession) Len() int                     { return 0 }
+func (noSession) Load(string) (any, bool)      { return nil, false }
+func (noSession) Delete(string)                {}
+func (noSession) Store(string, any)            {}
+func (noSession) Range(func(string, any) bool) {}
+
+// Loopback reports whether every address host resolves to is on this
+// machine (127.0.0.0/8 or ::1), so load never leaves it by accident.
+func Loopback(rawURL string) (bool, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return false, err
+	}
+	host := u.Hostname()
+	if host == "" {
+		return false, fmt.Errorf("%q has no host", rawURL)
+	}
+	if ip := net.ParseIP(host); ip != nil {
+		return ip.IsLoopback(), nil
+	}
+	ips, err := net.LookupIP(host)
+	if err != nil {
+		return false, err
+	}
+	for _, ip := range ips {
+		if !ip.IsLoopback() {
+			return false, nil
+		}
+	}
+	return len(ips) > 0, nil
+}
+
+// ParseIPRange parses "127.0.0.2-127.0.0.9", a comma list, or one address.
+func ParseIPRange(s string) ([]net.IP, error) {
+	var out []net.IP
+	for _, part := range bytes.Split([]byte(s), []byte(",")) {
+		p := string(bytes.TrimSpace(part))
+		if p == "" {
+			continue
+		}
+		lo, hi, isRange := bytes.Cut([]byte(p), []byte("-"))
+		a := net.ParseIP(string(lo)).To4()
+		if a == nil {
+			return nil, fmt.Errorf("source IP %q: not an IPv4 address", lo)
+		}
+		if !isRange {
+			out = append(out, a)
+			continue
+		}
+		b := net.ParseIP(string(hi)).To4()
+		if b == nil || !bytes.Equal(a[:3], b[:3]) || b[3] < a[3] {
+			return nil, fmt.Errorf("source IP range %q: give A.B.C.x-A.B.C.y with x <= y", p)
+		}
+		for x := int(a[3]); x <= int(b[3]); x++ {
+			out = append(out, net.IPv4(a[0], a[1], a[2], byte(x)).To4())
+		}
+	}
+	return out, nil
+}
+
+// MessageText returns a chat text of size bytes (at least 24) that carries
+// the send time and the sender's number, for ParseText.
+func MessageText(dst []byte, sent time.Time, sender, size int) []byte {
+	dst = strconv.AppendInt(dst, sent.UnixNano(), 10)
+	dst = append(dst, '.')
+	dst = strconv.AppendInt(dst, int64(sender), 10)
+	dst = append(dst, '.')
+	for len(dst) < size {
+		dst = append(dst, 'x')
+	}
+	return dst
+}
+
+// ParseText returns the send time (unix nanos) and sender of a text made by
+// MessageText; ok is false for any other text.
+func ParseText(text []byte) (sentNanos int64, sender int, ok bool) {
+	i := 0
+	for i < len(text) && text[i] >= '0' && text[i] <= '9' {
+		sentNanos = sentNanos*10 + int64(text[i]-'0')
+		i++
+	}
+	if i == 0 || i >= len(text) || text[i] != '.' {
+		return 0, 0, false
+	}
+	i++
+	j := i
+	for i < len(text) && text[i] >= '0' && text[i] <= '9' {
+		sender = sender*10 + int(text[i]-'0')
+		i++
+	}
+	return sentNanos, sender, i > j
+}

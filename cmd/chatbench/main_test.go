@@ -1,0 +1,194 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chatd/chatd/authn"
+	"github.com/chatd/chatd/broker"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/rs/zerolog"
+	bolt "go.etcd.io/bbolt"
+)
+
+// TestMain lets the test binary serve as chatbench's worker process, since
+// --procs re-executes os.Executable().
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == workerCommand {
+		if err := runWorkerProcess(os.Stdin, os.Stdout); err != nil {
+			os.Stderr.WriteString("worker: " + err.Error() + "\n")
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+const testSecret = "chatbench-test-secret-0123456789abcdef"
+
+// startChatd serves what chatd serves (authn, /ws, /metrics) on
+// 127.0.0.1, as cmd/chatd wires it, and returns the /ws URL.
+func startChatd(t *testing.T) string {
+	t.Helper()
+	db, err := bolt.Open(filepath.Join(t.TempDir(), "chatd.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	revoked, err := authn.NewRevocations(db, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokens, err := authn.NewTokens(authn.TokenConfig{Secret: []byte(testSecret), Revoked: revoked})
+	if err != nil {
+		t.Fatal(err)
+	}
+	users, err := authn.NewUsers(db, 4) // bcrypt.MinCost
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	b := broker.New(broker.Options{
+		Verifier: tokens, History: broker.NewMemoryHistory(100), RateLimit: 100000,
+		Log: zerolog.Nop(), Metrics: reg,
+	})
+	auth := authn.NewService(users, tokens, revoked, authn.ServiceConfig{OpenRegistration: true, OnRevoke: b.Revoke, Log: zerolog.Nop()})
+	mux := http.NewServeMux()
+	auth.Register(mux)
+	mux.Handle("/ws", b)
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	srv := httptest.NewServer(mux)
+	t.Cleanup(func() {
+		b.Close()
+		srv.CloseClientConnections()
+		srv.Close()
+	})
+	return "ws" + strings.TrimPrefix(srv.URL, "http") + "/ws"
+}
+
+// runJSON runs chatbench with args plus --json and decodes its summary.
+func runJSON(t *testing.T, wantCode int, args ...string) *summary {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	code := run(ctx, append(args, "--json"), &stdout, &stderr)
+	if code != wantCode {
+		t.Fatalf("chatbench %s: exit %d, want %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), code, wantCode, stdout.String(), stderr.String())
+	}
+	var s summary
+	if err := json.Unmarshal(stdout.Bytes(), &s); err != nil {
+		t.Fatalf("chatbench %s: output is not one JSON object: %v\n%s", args[0], err, stdout.String())
+	}
+	return &s
+}
+
+func TestCommands(t *testing.T) {
+	url := startChatd(t)
+	common := []string{"--url", url, "--secret", testSecret, "--quiet"}
+
+	t.Run("connect", func(t *testing.T) {
+		s := runJSON(t, 0, append([]string{"connect", "--sockets", "60", "--concurrency", "8"}, common...)...)
+		if s.Connected != 60 || !s.OK || s.Handshake.PerSecond <= 0 {
+			t.Errorf("connect: %+v", s)
+		}
+		if s.Server == nil || s.Server.RSSAfter <= 0 {
+			t.Errorf("connect: no server memory from /metrics: %+v", s.Server)
+		}
+	})
+
+	t.Run("fanout", func(t *testing.T) {
+		s := runJSON(t, 0, append([]string{"fanout", "--sockets", "40", "--senders", "2", "--duration", "700ms", "--warmup", "200ms"}, common...)...)
+		if s.Messages == nil || s.Messages.Delivered == 0 || s.Messages.DeliveriesPerSecond <= 0 || s.Messages.P99 <= 0 {
+			t.Errorf("fanout: %+v", s.Messages)
+		}
+		if !s.OK {
+			t.Errorf("fanout problems: %v", s.Problems)
+		}
+	})
+
+	t.Run("paced-login-procs", func(t *testing.T) {
+		plot := filepath.Join(t.TempDir(), "paced.png")
+		s := runJSON(t, 0, "paced", "--url", url, "--login", "--users", "2", "--quiet",
+			"--sockets", "30", "--procs", "2", "--rate", "40", "--duration", "1s", "--plot", plot)
+		if s.Procs != 2 || s.Connected != 30 {
+			t.Errorf("paced: %d sockets in %d processes", s.Connected, s.Procs)
+		}
+		if m := s.Messages; m == nil || m.Sent != 40 || m.Lost != 0 || m.Expected != 40*30 {
+			t.Errorf("paced: %+v", s.Messages)
+		}
+		if info, err := os.Stat(plot); err != nil || info.Size() == 0 {
+			t.Errorf("no plot: %v", err)
+		}
+	})
+
+	t.Run("expiry", func(t *testing.T) {
+		s := runJSON(t, 0, append([]string{"expiry", "--sockets", "40", "--spread", "2s", "--margin", "1s"}, common...)...)
+		if e := s.Expiry; e == nil || e.Expired != 40 || e.Early != 0 || e.StillOpen != 0 {
+			t.Errorf("expiry: %+v", s.Expiry)
+		}
+	})
+
+	t.Run("soak", func(t *testing.T) {
+		s := runJSON(t, 0, append([]string{"soak", "--sockets", "30", "--rate", "20", "--churn", "10", "--duration", "1500ms"}, common...)...)
+		if s.Reconnects == 0 || s.Messages == nil || s.Messages.Delivered == 0 || len(s.Timeline) == 0 {
+			t.Errorf("soak: reconnects %d, messages %+v, %d timeline points", s.Reconnects, s.Messages, len(s.Timeline))
+		}
+	})
+}
+
+func TestTable(t *testing.T) {
+	url := startChatd(t)
+	var stdout, stderr bytes.Buffer
+	code := run(context.Background(), []string{"paced", "--url", url, "--secret", testSecret,
+		"--sockets", "10", "--rate", "20", "--duration", "500ms"}, &stdout, &stderr)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	for _, want := range []string{"deliveries/s", "latency p50/p90/p99", "lost", "0 of 100"} {
+		if !strings.Contains(stdout.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, stdout.String())
+		}
+	}
+	if !strings.Contains(stderr.String(), "connecting") {
+		t.Errorf("no progress bar on stderr: %q", stderr.String())
+	}
+}
+
+func TestRefusals(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"fanout", "--url", "ws://10.1.2.3:3000/ws", "--secret", testSecret}, "not on this machine"},
+		{[]string{"fanout", "--source-ips", "10.0.0.1-10.0.0.3", "--secret", testSecret}, "not a loopback address"},
+		{[]string{"fanout"}, "--secret"},
+		{[]string{"fanout", "--secret", "short"}, "shorter than 32"},
+		{[]string{"connect", "--secret", testSecret, "--sockets", "40000"}, "--procs 3"},
+		{[]string{"blast"}, "unknown command"},
+	} {
+		var stdout, stderr bytes.Buffer
+		if code := run(context.Background(), tc.args, &stdout, &stderr); code != 2 {
+			t.Errorf("%v: exit %d, want 2", tc.args, code)
+		}
+		if !strings.Contains(stderr.String(), tc.want) {
+			t.Errorf("%v: stderr %q lacks %q", tc.args, stderr.String(), tc.want)
+		}
+	}
+	var stdout, stderr bytes.Buffer
+	if code := run(context.Background(), []string{"--help"}, &stdout, &stderr); code != 0 ||
+		!strings.Contains(stderr.String(), "Commands:") || !strings.Contains(stderr.String(), "-rate-limit 100000") {
+		t.Errorf("--help: exit %d, %q", code, stderr.String())
+	}
+}

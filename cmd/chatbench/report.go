@@ -1,0 +1,273 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"math"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/chatd/chatd/bench/load"
+)
+
+// summary is the merged result of a run: the table and the --json object.
+type summary struct {
+	Command    string         `json:"command"`
+	URL        string         `json:"url"`
+	Procs      int            `json:"procs"`
+	Sockets    int            `json:"sockets"`
+	Connected  int            `json:"connected"`
+	DialErrors map[string]int `json:"dial_errors,omitempty"`
+	OK         bool           `json:"ok"`
+	Problems   []string       `json:"problems,omitempty"`
+
+	Handshake *handshakeSummary `json:"handshake,omitempty"`
+	Messages  *messageSummary   `json:"messages,omitempty"`
+	Expiry    *expirySummary    `json:"expiry,omitempty"`
+	Server    *memorySummary    `json:"server,omitempty"`
+
+	Closes            map[string]int `json:"unexpected_closes,omitempty"`
+	Errors            map[string]int `json:"error_frames,omitempty"`
+	Reconnects        int            `json:"reconnects,omitempty"`
+	ReconnectFailures int            `json:"reconnect_failures,omitempty"`
+
+	Timeline []timelinePoint `json:"timeline,omitempty"`
+}
+
+type handshakeSummary struct {
+	PerSecond float64 `json:"per_second"`
+	Seconds   float64 `json:"seconds"`
+	P50       float64 `json:"p50_ms"`
+	P90       float64 `json:"p90_ms"`
+	P99       float64 `json:"p99_ms"`
+	Max       float64 `json:"max_ms"`
+}
+
+type messageSummary struct {
+	Senders             int     `json:"senders"`
+	Sent                int64   `json:"sent"`
+	Delivered           int64   `json:"delivered"`
+	WindowSeconds       float64 `json:"window_seconds"`
+	DeliveriesPerSecond float64 `json:"deliveries_per_second"`
+	MessagesPerSecond   float64 `json:"messages_per_second"`
+	Expected            int64   `json:"expected,omitempty"`
+	Lost                int64   `json:"lost"`
+	Refused             int64   `json:"refused"`
+	Stalls              int64   `json:"stalls"`
+	P50                 float64 `json:"p50_ms"`
+	P90                 float64 `json:"p90_ms"`
+	P99                 float64 `json:"p99_ms"`
+	P999                float64 `json:"p999_ms"`
+	Max                 float64 `json:"max_ms"`
+}
+
+type expirySummary struct {
+	Expired   int     `json:"expired"`
+	Early     int     `json:"early"`
+	StillOpen int     `json:"still_open"`
+	P50       float64 `json:"p50_ms"`
+	P99       float64 `json:"p99_ms"`
+	Max       float64 `json:"max_ms"`
+}
+
+type memorySummary struct {
+	RSSBefore      float64 `json:"rss_before_bytes"`
+	RSSAfter       float64 `json:"rss_after_bytes"`
+	HeapBefore     float64 `json:"heap_before_bytes"`
+	HeapAfter      float64 `json:"heap_after_bytes"`
+	RSSPerSocket   float64 `json:"rss_per_socket_bytes,omitempty"`
+	HeapPerSocket  float64 `json:"heap_per_socket_bytes,omitempty"`
+	MeasuredAtOpen int     `json:"sockets_open"`
+}
+
+type timelinePoint struct {
+	Unix                int64   `json:"unix"`
+	DeliveriesPerSecond int64   `json:"deliveries_per_second"`
+	P50                 float64 `json:"p50_ms"`
+	P99                 float64 `json:"p99_ms"`
+}
+
+// summarize merges the workers' results.
+func summarize(o *options, results []*result, mem serverMemory) *summary {
+	s := &summary{
+		Command: o.cmd, URL: o.url, Procs: o.procs, Sockets: o.sockets,
+		DialErrors: map[string]int{}, Closes: map[string]int{}, Errors: map[string]int{},
+	}
+	hs, lat, late := load.NewHist(), load.NewHist(), load.NewHist()
+	var dialStart, dialEnd int64
+	var sent, delivered, refused, stalls int64
+	var expired, early, open int
+	var lines [][]load.Point
+	for _, r := range results {
+		s.Connected += r.Connected
+		for k, v := range r.DialErrors {
+			s.DialErrors[k] += v
+		}
+		for k, v := range r.Closes {
+			s.Closes[k] += v
+		}
+		for k, v := range r.Errors {
+			s.Errors[k] += v
+		}
+		if dialStart == 0 || r.DialStart < dialStart {
+			dialStart = r.DialStart
+		}
+		dialEnd = max(dialEnd, r.DialEnd)
+		hs.Merge(r.Handshake)
+		lat.Merge(r.Latency)
+		late.Merge(r.Lateness)
+		sent += r.Sent
+		delivered += r.Delivered
+		refused += r.Refused
+		stalls += r.Stalls
+		expired += r.Expired
+		early += r.Early
+		open += r.StillOpen
+		s.Reconnects += r.Reconnects
+		s.ReconnectFailures += r.ReconnectFailures
+		lines = append(lines, r.Timeline)
+	}
+	failed := 0
+	for _, v := range s.DialErrors {
+		failed += v
+	}
+	if failed > 0 {
+		s.Problems = append(s.Problems, fmt.Sprintf("%d sockets failed to connect", failed))
+	}
+	secs := time.Duration(dialEnd - dialStart).Seconds()
+	s.Handshake = &handshakeSummary{
+		PerSecond: float64(s.Connected) / math.Max(secs, 1e-9), Seconds: secs,
+		P50: hs.Quantile(50), P90: hs.Quantile(90), P99: hs.Quantile(99), Max: hs.MaxMs(),
+	}
+	switch o.cmd {
+	case "fanout", "paced", "soak":
+		m := &messageSummary{
+			Senders: o.senders, Sent: sent, Delivered: delivered, Refused: refused, Stalls: stalls,
+			P50: lat.Quantile(50), P90: lat.Quantile(90), P99: lat.Quantile(99), P999: lat.Quantile(99.9), Max: lat.MaxMs(),
+		}
+		m.WindowSeconds = o.duration.Seconds()
+		m.DeliveriesPerSecond = float64(delivered) / m.WindowSeconds
+		if o.cmd == "paced" {
+			m.Expected = sent * int64(s.Connected)
+			m.Lost = max(0, m.Expected-delivered)
+			if m.Lost > 0 {
+				s.Problems = append(s.Problems, fmt.Sprintf("%d of %d deliveries lost", m.Lost, m.Expected))
+			}
+		}
+		m.MessagesPerSecond = m.DeliveriesPerSecond / float64(max(s.Connected, 1))
+		if refused > 0 {
+			s.Problems = append(s.Problems, fmt.Sprintf("%d sends refused by the server (see error_frames; is --rate-limit high enough?)", refused))
+		}
+		s.Messages = m
+	case "expiry":
+		s.Expiry = &expirySummary{
+			Expired: expired, Early: early, StillOpen: open,
+			P50: late.Quantile(50), P99: late.Quantile(99), Max: late.MaxMs(),
+		}
+		if early > 0 {
+			s.Problems = append(s.Problems, fmt.Sprintf("%d sockets closed before their exp", early))
+		}
+		if open > 0 {
+			s.Problems = append(s.Problems, fmt.Sprintf("%d sockets still open 10 s after their exp", open))
+		}
+	}
+	if len(s.Closes) > 0 {
+		s.Problems = append(s.Problems, fmt.Sprintf("sockets closed by the server unexpectedly: %v", s.Closes))
+	}
+	if mem.after != nil {
+		a := mem.after
+		ms := &memorySummary{
+			RSSBefore: mem.RSS, RSSAfter: a.RSS, HeapBefore: mem.Heap, HeapAfter: a.Heap, MeasuredAtOpen: s.Connected,
+		}
+		if o.cmd == "connect" && s.Connected > 0 {
+			ms.RSSPerSocket = (a.RSS - mem.RSS) / float64(s.Connected)
+			ms.HeapPerSocket = (a.Heap - mem.Heap) / float64(s.Connected)
+		}
+		s.Server = ms
+	}
+	for _, p := range load.MergeTimelines(lines...) {
+		if p.Delivered == 0 && p.Latency.Count() == 0 {
+			continue
+		}
+		s.Timeline = append(s.Timeline, timelinePoint{
+			Unix: p.Unix, DeliveriesPerSecond: p.Delivered,
+			P50: p.Latency.Quantile(50), P99: p.Latency.Quantile(99),
+		})
+	}
+	s.OK = len(s.Problems) == 0
+	return s
+}
+
+// printTable writes the summary for a person.
+func printTable(w io.Writer, s *summary) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	row := func(k, v string) { fmt.Fprintf(tw, "%s\t  %s\t\n", k, v) }
+	row("command", s.Command)
+	row("target", s.URL)
+	row("processes", fmt.Sprint(s.Procs))
+	row("sockets", fmt.Sprintf("%d of %d", s.Connected, s.Sockets))
+	if h := s.Handshake; h != nil {
+		row("handshakes/s", fmt.Sprintf("%.0f (in %.2f s)", h.PerSecond, h.Seconds))
+		row("handshake p50/p90/p99/max", fmt.Sprintf("%.2f / %.2f / %.2f / %.2f ms", h.P50, h.P90, h.P99, h.Max))
+	}
+	if m := s.Messages; m != nil {
+		row("senders", fmt.Sprint(m.Senders))
+		row("messages sent", fmt.Sprint(m.Sent))
+		row("deliveries/s", fmt.Sprintf("%.0f (over %.1f s)", m.DeliveriesPerSecond, m.WindowSeconds))
+		row("latency p50/p90/p99", fmt.Sprintf("%.2f / %.2f / %.2f ms", m.P50, m.P90, m.P99))
+		row("latency p99.9/max", fmt.Sprintf("%.2f / %.2f ms", m.P999, m.Max))
+		if s.Command == "paced" {
+			row("lost", fmt.Sprintf("%d of %d", m.Lost, m.Expected))
+		}
+		if m.Refused > 0 || m.Stalls > 0 {
+			row("refused/stalled sends", fmt.Sprintf("%d / %d", m.Refused, m.Stalls))
+		}
+	}
+	if e := s.Expiry; e != nil {
+		row("expired", fmt.Sprint(e.Expired))
+		row("closed early", fmt.Sprint(e.Early))
+		row("still open", fmt.Sprint(e.StillOpen))
+		row("lateness p50/p99/max", fmt.Sprintf("%.2f / %.2f / %.2f ms", e.P50, e.P99, e.Max))
+	}
+	if m := s.Server; m != nil {
+		row("server RSS before/after", fmt.Sprintf("%.1f / %.1f MiB", m.RSSBefore/(1<<20), m.RSSAfter/(1<<20)))
+		row("server heap before/after", fmt.Sprintf("%.1f / %.1f MiB", m.HeapBefore/(1<<20), m.HeapAfter/(1<<20)))
+		if m.RSSPerSocket != 0 {
+			row("server RSS per socket", fmt.Sprintf("%.0f B (%.2f KiB)", m.RSSPerSocket, m.RSSPerSocket/1024))
+			row("server heap per socket", fmt.Sprintf("%.0f B (%.2f KiB)", m.HeapPerSocket, m.HeapPerSocket/1024))
+		}
+	}
+	if s.Reconnects > 0 || s.ReconnectFailures > 0 {
+		row("reconnects (failed)", fmt.Sprintf("%d (%d)", s.Reconnects, s.ReconnectFailures))
+	}
+	if len(s.DialErrors) > 0 {
+		row("dial errors", mapString(s.DialErrors))
+	}
+	if len(s.Errors) > 0 {
+		row("error frames", mapString(s.Errors))
+	}
+	if len(s.Closes) > 0 {
+		row("unexpected closes", mapString(s.Closes))
+	}
+	verdict := "ok"
+	if !s.OK {
+		verdict = "PROBLEMS: " + strings.Join(s.Problems, "; ")
+	}
+	row("result", verdict)
+	_ = tw.Flush()
+}
+
+func mapString(m map[string]int) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%s: %d", k, m[k])
+	}
+	return strings.Join(parts, ", ")
+}
