@@ -62,6 +62,8 @@ type Conn struct {
 	welcome  chan error
 	welcomed bool // touched only by the read loop
 	closed   atomic.Bool
+	// expiredAt is when the token_expired error frame was read (unix ns).
+	expiredAt atomic.Int64
 }
 
 // Welcome is the first frame the server sends.
@@ -235,9 +237,30 @@ func (h *handler) OnMessage(_ *gws.Conn, m *gws.Message) {
 		c.welcome <- nil
 		return
 	}
-	if c.events != nil && c.events.Frame != nil {
-		c.events.Frame(c, frameType(data), data)
+	typ := frameType(data)
+	if typ == "error" && bytes.Contains(data, tokenExpiredCode) {
+		c.expiredAt.CompareAndSwap(0, time.Now().UnixNano())
 	}
+	if c.events != nil && c.events.Frame != nil {
+		c.events.Frame(c, typ, data)
+	}
+}
+
+// tokenExpiredCode marks the error frame chatd writes, in the same write,
+// right before close 4001.
+var tokenExpiredCode = []byte(`"code":"token_expired"`)
+
+// ToldExpired returns when the socket read the token_expired error frame
+// (zero if it did not). Expiry lateness is measured there rather than at
+// OnClose: the server writes that frame and the close frame together, and
+// by OnClose the client has also done its own close handshake (a write and
+// a close), which on a one-core client piles up socket after socket and
+// would be measured as the server's lateness.
+func (c *Conn) ToldExpired() time.Time {
+	if ns := c.expiredAt.Load(); ns != 0 {
+		return time.Unix(0, ns)
+	}
+	return time.Time{}
 }
 
 // frameType returns the "type" of a server frame, which chatd writes first.

@@ -167,6 +167,9 @@ func (w *worker) onClosed(c *load.Conn, code uint16, at time.Time) {
 	w.mu.Lock()
 	if !w.retired[c] {
 		if w.p.Cmd == "expiry" {
+			if told := c.ToldExpired(); !told.IsZero() {
+				at = told
+			}
 			exp := time.Unix(c.Exp, 0).Add(w.p.Leeway)
 			if at.Before(exp) {
 				w.res.Early++
