@@ -148,7 +148,7 @@ const SubProtocol = "chat.v1"
 func (b *Broker) serverOption(subprotocols []string) *gws.ServerOption {
 	return &gws.ServerOption{
 		ReadMaxPayloadSize: b.opts.MaxMessageBytes,
-		ReadBufferSize:     1024, // held per socket for its lifetime; chat frames are small
+		ReadBufferSize:     512,  // held per socket for its lifetime; chat frames are small
 		CheckUtf8Enabled:   true, // invalid UTF-8 closes 1007 (RFC 6455 8.1)
 		Recovery:           gws.Recovery,
 		SubProtocols:       subprotocols,

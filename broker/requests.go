@@ -177,7 +177,7 @@ const maxReplay = 1000
 // live message can come between them, none is missed and none is sent
 // twice. answer is false for the implicit join of general at open.
 func (s *Session) join(name string, since *uint64, id []byte, answer bool) error {
-	if !s.mayJoin(name) {
+	if s.allowed != nil && !slices.Contains(s.allowed, name) {
 		s.sendError(CodeRoomForbidden, "your token does not allow room "+name, id)
 		return nil
 	}
@@ -339,7 +339,7 @@ func (s *Session) refresh(token string, id []byte) {
 		return
 	}
 	s.addJTI(c.ID)
-	s.mayJoin = c.MayJoin
+	s.allowed = c.Rooms
 	s.schedule(c.Expiry())
 	s.send(textFrame(refreshedFrame{Type: "refreshed", Exp: c.Expiry().Unix()}))
 	if s.broker.opts.Verifier.Revoked(c.ID) { // logged out while we indexed it

@@ -27,7 +27,7 @@ type Session struct {
 	// Touched only by the socket's read loop (and by the handler before
 	// the loop starts), so they need no lock.
 	rooms    map[string]membership
-	mayJoin  func(string) bool
+	allowed  []string // the token's rooms claim: nil allows any room
 	limiter  *rate.Limiter
 	strikes  []time.Time // recent rate_limited errors
 	lastRead time.Time   // when the read deadline was last pushed back
@@ -85,7 +85,7 @@ func (b *Broker) newSession(conn *gws.Conn, c *authn.Claims) *Session {
 		broker:  b,
 		conn:    conn,
 		rooms:   make(map[string]membership),
-		mayJoin: c.MayJoin,
+		allowed: c.Rooms, // not the whole claims: they would stay alive per socket
 		limiter: rate.NewLimiter(rate.Limit(b.opts.RateLimit), max(1, int(2*b.opts.RateLimit))),
 		jtis:    []string{c.ID},
 	}
