@@ -182,17 +182,7 @@ const (
 func newFanoutEnv(b *testing.B, n int) *fanoutEnv {
 	e := &fanoutEnv{srv: newServer(b), rec: load.NewRecorder()}
 	ev := &load.Events{
-		Message: func(c *load.Conn, text []byte, now time.Time) {
-			sent, sender, ok := load.ParseText(text)
-			if !ok {
-				e.rec.Count(c.Shard)
-				return
-			}
-			e.rec.Record(c.Shard, now.Sub(time.Unix(0, sent)))
-			if s := c.Sender(); s != nil {
-				s.Echo(sender)
-			}
-		},
+		Message: e.rec.Message,
 		Frame: func(c *load.Conn, typ string, frame []byte) {
 			if s := c.Sender(); typ == "error" && s != nil {
 				s.Refuse()

@@ -261,3 +261,19 @@ func MergeTimelines(lines ...[]Point) []Point {
 	sort.Slice(out, func(i, j int) bool { return out[i].Unix < out[j].Unix })
 	return out
 }
+
+// Message records a `message` frame received by c at now: its latency, if
+// the text carries a send time (see ParseText), else just the delivery;
+// and it tells c's Sender, if any, that one of its messages came back. It
+// fits Events.Message.
+func (r *Recorder) Message(c *Conn, text []byte, now time.Time) {
+	sent, sender, ok := ParseText(text)
+	if !ok {
+		r.Count(c.Shard)
+		return
+	}
+	r.Record(c.Shard, now.Sub(time.Unix(0, sent)))
+	if s := c.Sender(); s != nil {
+		s.Echo(sender)
+	}
+}

@@ -134,20 +134,8 @@ func newWorker(p *plan, progress func(int)) *worker {
 		ips = append(ips, net.ParseIP(s))
 	}
 	w.dialer = &load.Dialer{URL: p.URL, SourceIPs: ips, ReadBufferSize: p.ReadBuffer}
-	w.ev = &load.Events{Message: w.onMessage, Frame: w.onFrame, Closed: w.onClosed}
+	w.ev = &load.Events{Message: w.rec.Message, Frame: w.onFrame, Closed: w.onClosed}
 	return w
-}
-
-func (w *worker) onMessage(c *load.Conn, text []byte, now time.Time) {
-	sent, sender, ok := load.ParseText(text)
-	if !ok {
-		w.rec.Count(c.Shard)
-		return
-	}
-	w.rec.Record(c.Shard, now.Sub(time.Unix(0, sent)))
-	if s := c.Sender(); s != nil {
-		s.Echo(sender)
-	}
 }
 
 func (w *worker) onFrame(c *load.Conn, typ string, frame []byte) {
