@@ -194,3 +194,15 @@ func TestSubprotocolOnSeveralLines(t *testing.T) {
 	}
 	c.expect("welcome")
 }
+
+func TestOverloaded(t *testing.T) {
+	e := newEnv(t, broker.Options{MaxSockets: 1})
+	e.dial(e.token("first"))
+	resp := e.upgradeRequest(t, http.Header{"Authorization": {"Bearer " + e.token("second")}}, "")
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("status %d, Retry-After %q; want 503 with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"))
+	}
+	if code := errorBody(t, resp); code != "overloaded" {
+		t.Fatalf("error %q", code)
+	}
+}

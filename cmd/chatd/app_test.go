@@ -190,3 +190,38 @@ func TestLogoutClosesSockets(t *testing.T) {
 		t.Fatalf("/ws with a revoked token: %d %s", resp.StatusCode, e.Error)
 	}
 }
+
+// While draining, /readyz says so and /ws refuses new sockets with 503;
+// /healthz still answers.
+func TestDrainingRoutes(t *testing.T) {
+	a, srv := testApp(t, nil)
+	tok := login(t, srv.URL, "alice")
+	if err := a.broker.Shutdown(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	get := func(path string, header ...string) (*http.Response, string) {
+		req, _ := http.NewRequest(http.MethodGet, srv.URL+path, nil)
+		for i := 0; i+1 < len(header); i += 2 {
+			req.Header.Set(header[i], header[i+1])
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var e struct{ Error string }
+		_ = json.NewDecoder(resp.Body).Decode(&e)
+		return resp, e.Error
+	}
+	if resp, _ := get("/readyz"); resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("/readyz while draining: %d", resp.StatusCode)
+	}
+	if resp, _ := get("/healthz"); resp.StatusCode != http.StatusOK {
+		t.Fatalf("/healthz while draining: %d", resp.StatusCode)
+	}
+	resp, code := get("/ws", "Authorization", "Bearer "+tok, "Connection", "Upgrade", "Upgrade", "websocket",
+		"Sec-WebSocket-Version", "13", "Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+	if resp.StatusCode != http.StatusServiceUnavailable || code != "overloaded" || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("/ws while draining: %d %q", resp.StatusCode, code)
+	}
+}
