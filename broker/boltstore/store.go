@@ -315,6 +315,13 @@ func (b *batch) flush(s *Store) error {
 		clear(p[:n]) // let the strings go before the array is reused
 		if n == len(p) {
 			delete(s.pending, room)
+			if err == nil && !s.unclean {
+				// Everything of the room is on disk, where LastSeq finds
+				// it: forgetting it here keeps this map from growing
+				// with every room ever named. (After a crash it stays,
+				// as SeqFloor needs to know which rooms moved on.)
+				delete(s.last, room)
+			}
 		} else {
 			s.pending[room] = p[n:]
 		}

@@ -722,3 +722,19 @@ func TestSeqJumpsAfterCrash(t *testing.T) {
 		t.Fatalf("after a clean Close SeqFloor = %d, want 5", floor)
 	}
 }
+
+// Rooms whose messages are all committed are not remembered in memory:
+// users naming new rooms must not grow the store's maps for good.
+func TestCommittedRoomsAreForgotten(t *testing.T) {
+	s, _, _ := newStore(t, Options{})
+	for i := range 50 {
+		appendWait(t, s, msg(fmt.Sprint("room", i), 1))
+	}
+	s.mu.Lock()
+	last, pending := len(s.last), len(s.pending)
+	s.mu.Unlock()
+	if last != 0 || pending != 0 {
+		t.Fatalf("%d rooms in last and %d in pending after every commit", last, pending)
+	}
+	checkLast(t, s, "room7", 1) // from disk
+}
