@@ -423,7 +423,16 @@
     if (typeof f.room !== 'string') return;
     if (!sess.rooms.has(f.room)) sess.rooms.set(f.room, newRoom(f.room));
     if (f.recovered === false) {
-      showNotice(`Some messages in #${f.room} from while you were away are no longer available.`);
+      // The replay did not start right after our last seq: messages were
+      // pruned, or we were further behind than one replay carries. Start the
+      // room afresh from the replay, so scrolling up pages back without a
+      // hole in the middle.
+      const room = sess.rooms.get(f.room);
+      room.msgs.clear();
+      room.minSeq = Infinity;
+      room.historyLoaded = false;
+      room.noMoreOlder = false;
+      showNotice(`You missed many messages in #${f.room}; showing the latest. Scroll up for older ones.`);
     }
     if (sess.pendingJoins.delete(f.room) || !sess.current) {
       selectRoom(f.room);
