@@ -468,7 +468,7 @@ func expiryRound(b *testing.B, n int) (*load.Hist, int64) {
 			}
 		},
 	}
-	d := &load.Dialer{URL: s.url, SourceIPs: sourceIPs}
+	d := &load.Dialer{URL: s.url, SourceIPs: sourceIPs, LingerExpired: 500 * time.Millisecond}
 	conns := dialAll(b, d, mint(b, n, 8, time.Hour), 32, ev)
 	defer closeAll(conns)
 

@@ -33,6 +33,12 @@ type Dialer struct {
 	ReadBufferSize int
 	// Timeout bounds the dial plus the handshake plus the welcome (5s).
 	Timeout time.Duration
+	// LingerExpired, if set, parks a socket's read loop this long after it
+	// reads token_expired, before it answers the close. On one client core,
+	// each socket's close handshake would otherwise delay the next socket's
+	// read and be counted as the server's lateness; real clients, each on
+	// its own machine, do not wait for each other.
+	LingerExpired time.Duration
 
 	next atomic.Uint64
 }
@@ -64,6 +70,7 @@ type Conn struct {
 	closed   atomic.Bool
 	// expiredAt is when the token_expired error frame was read (unix ns).
 	expiredAt atomic.Int64
+	linger    time.Duration // see Dialer.LingerExpired
 }
 
 // Welcome is the first frame the server sends.
@@ -103,7 +110,7 @@ func (d *Dialer) Dial(token string, id, shard int, ev *Events) (*Conn, error) {
 	if n := len(d.SourceIPs); n > 0 {
 		local = &net.TCPAddr{IP: d.SourceIPs[int(d.next.Add(1))%n]}
 	}
-	c := &Conn{ID: id, Shard: shard, events: ev, welcome: make(chan error, 1)}
+	c := &Conn{ID: id, Shard: shard, events: ev, welcome: make(chan error, 1), linger: d.LingerExpired}
 	// gws fills defaults into the option it is given: a fresh one per dial.
 	opt := &gws.ClientOption{
 		Addr:             d.URL,
@@ -238,11 +245,15 @@ func (h *handler) OnMessage(_ *gws.Conn, m *gws.Message) {
 		return
 	}
 	typ := frameType(data)
-	if typ == "error" && bytes.Contains(data, tokenExpiredCode) {
+	expired := typ == "error" && bytes.Contains(data, tokenExpiredCode)
+	if expired {
 		c.expiredAt.CompareAndSwap(0, time.Now().UnixNano())
 	}
 	if c.events != nil && c.events.Frame != nil {
 		c.events.Frame(c, typ, data)
+	}
+	if expired && c.linger > 0 {
+		time.Sleep(c.linger) // parks only this socket's read loop
 	}
 }
 

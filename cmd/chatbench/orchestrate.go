@@ -49,6 +49,7 @@ type options struct {
 	spread      time.Duration
 	margin      time.Duration
 	leeway      time.Duration
+	linger      time.Duration
 	limit       time.Duration
 	senders     int
 	window      int
@@ -88,6 +89,7 @@ func newFlags(cmd string) (*flag.FlagSet, *options) {
 	fs.DurationVar(&o.spread, "spread", 3*time.Second, "expiry: spread the tokens' exp over this long (whole seconds)")
 	fs.DurationVar(&o.margin, "margin", 0, "expiry: first exp this long after the start (default: time to connect, estimated)")
 	fs.DurationVar(&o.leeway, "leeway", 0, "expiry: the server's --jwt-leeway (sockets close at exp + leeway)")
+	fs.DurationVar(&o.linger, "linger", 500*time.Millisecond, "expiry: how long a socket waits after token_expired before answering the close\n(0: at once; then each socket's close handshake delays the next one's read on this one core)")
 	fs.DurationVar(&o.limit, "limit", 0, "hard stop for the whole run (default: the run's length plus 2m)")
 	fs.IntVar(&o.senders, "senders", 0, "sockets that send (fanout: 4; paced, soak: one per 10 msg/s)")
 	fs.IntVar(&o.window, "window", 4, "fanout: messages each sender keeps in flight")
@@ -286,7 +288,7 @@ func (o *options) plans(tokens []string) []*plan {
 			First: first, Count: (k+1)*o.sockets/o.procs - first, Total: o.sockets,
 			Tokens: tokens, Senders: o.senders, Window: o.window, Size: o.size, Room: o.room,
 			Rate: o.rate, Churn: o.churn / float64(o.procs), Duration: o.duration, Warmup: o.warmup,
-			Hold: o.hold, Leeway: o.leeway, Concurrency: o.concurrency, ReadBuffer: o.readBuffer,
+			Hold: o.hold, Leeway: o.leeway, Linger: o.linger, Concurrency: o.concurrency, ReadBuffer: o.readBuffer,
 			Limit: o.limit,
 		}
 		if o.cmd != "fanout" {

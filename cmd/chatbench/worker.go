@@ -38,6 +38,7 @@ type plan struct {
 	Warmup      time.Duration `json:"warmup"`
 	Hold        time.Duration `json:"hold"`
 	Leeway      time.Duration `json:"leeway"`
+	Linger      time.Duration `json:"linger"`
 	Concurrency int           `json:"concurrency"`
 	ReadBuffer  int           `json:"read_buffer"`
 	Limit       time.Duration `json:"limit"` // the worker stops by itself after this
@@ -134,6 +135,9 @@ func newWorker(p *plan, progress func(int)) *worker {
 		ips = append(ips, net.ParseIP(s))
 	}
 	w.dialer = &load.Dialer{URL: p.URL, SourceIPs: ips, ReadBufferSize: p.ReadBuffer}
+	if p.Cmd == "expiry" {
+		w.dialer.LingerExpired = p.Linger // see load.Dialer.LingerExpired
+	}
 	w.ev = &load.Events{Message: w.rec.Message, Frame: w.onFrame, Closed: w.onClosed}
 	return w
 }
