@@ -44,13 +44,17 @@ type Config struct {
 // newFlagSet declares chatd's flags on cfg.
 func newFlagSet(name string, cfg *Config) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage:\n  chatd [flags]                         serve\n  chatd user add [--data-dir DIR] NAME  add a user; the password is the first line of stdin\n\nEvery flag can also be set with CHATD_<FLAG> (--token-ttl: CHATD_TOKEN_TTL); a flag wins.\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
 	fs.StringVar(&cfg.Addr, "addr", ":3000", "listen address")
 	fs.StringVar(&cfg.DataDir, "data-dir", "./chatd-data", "embedded store: users, history, revocations, generated secret")
 	fs.StringVar(&cfg.JWTSecret, "jwt-secret", "", "HS256 key, at least 32 bytes (default: generated once, kept in the data dir)")
 	fs.DurationVar(&cfg.TokenTTL, "token-ttl", 15*time.Minute, "lifetime of issued tokens")
 	fs.DurationVar(&cfg.JWTLeeway, "jwt-leeway", 0, "clock-skew allowance for exp, nbf and iat")
 	fs.DurationVar(&cfg.SessionMax, "session-max", 24*time.Hour, "how long a chain of refreshes may extend one login")
-	fs.DurationVar(&cfg.ExpiryWarning, "expiry-warning", 30*time.Second, "send `expiring` this long before a socket's close")
+	fs.DurationVar(&cfg.ExpiryWarning, "expiry-warning", 30*time.Second, "send the expiring frame this long before a socket's close")
 	fs.StringVar(&cfg.AllowedOrigins, "allowed-origins", "", "comma list of origins allowed to open /ws; * for any (default: the same host)")
 	fs.BoolVar(&cfg.OpenRegistration, "open-registration", true, "whether POST /register creates accounts")
 	fs.IntVar(&cfg.MaxMessageBytes, "max-message-bytes", 16384, "largest WebSocket message; larger closes 1009")
