@@ -191,6 +191,14 @@ func (s *Session) join(name string, since *uint64, id []byte, answer bool) error
 	if err != nil {
 		return err
 	}
+	if answer && r.seq == 0 && len(r.members) == 0 && !s.creations.Allow() {
+		// A room nobody is in and nothing was ever said in is a new name;
+		// each name sent to costs the store a bucket for good.
+		r.mu.Unlock()
+		b.rooms.dropIfEmpty(r)
+		s.sendError(CodeRoomForbidden, "you are creating rooms too fast; try again in a minute", id)
+		return nil
+	}
 	defer r.mu.Unlock()
 
 	joined := joinedFrame{Type: "joined", Room: name, Seq: r.latest}

@@ -436,3 +436,21 @@ func TestNoPresenceEventsInLargeRooms(t *testing.T) {
 		t.Fatalf("who = %v, want the answer with 3 users and no join event before it", p)
 	}
 }
+
+// Naming new rooms is limited per socket (30 a minute): each costs the
+// store a bucket for good. Rooms that exist are not limited.
+func TestNewRoomsAreLimited(t *testing.T) {
+	e := newEnv(t, broker.Options{MaxRooms: 1000})
+	c := e.dial(e.token("namer"))
+	for i := range 30 {
+		c.send(map[string]any{"type": "join", "room": fmt.Sprint("new", i)})
+		c.expect("joined")
+	}
+	c.send(map[string]any{"type": "join", "room": "one-too-many", "id": 1})
+	if f := c.expect("error"); f.str("code") != "room_forbidden" {
+		t.Fatalf("31st new room: %v", f)
+	}
+	d := e.dial(e.token("other")) // joining an existing room is not creating one
+	d.send(map[string]any{"type": "join", "room": "new0"})
+	d.expect("joined")
+}

@@ -26,11 +26,12 @@ type Session struct {
 
 	// Touched only by the socket's read loop (and by the handler before
 	// the loop starts), so they need no lock.
-	rooms    map[string]membership
-	allowed  []string // the token's rooms claim: nil allows any room
-	limiter  *rate.Limiter
-	strikes  []time.Time // recent rate_limited errors
-	lastRead time.Time   // when the read deadline was last pushed back
+	rooms     map[string]membership
+	allowed   []string // the token's rooms claim: nil allows any room
+	limiter   *rate.Limiter
+	creations *rate.Limiter // new rooms this socket may create
+	strikes   []time.Time   // recent rate_limited errors
+	lastRead  time.Time     // when the read deadline was last pushed back
 
 	mu   sync.Mutex // guards jtis: logout may look while a refresh adds
 	jtis []string   // every token this socket has held
@@ -41,6 +42,10 @@ type Session struct {
 	warn       *wheel.Timer
 	closedCode atomic.Uint32 // the code the server closed with, once it did
 }
+
+// newRoomsPerMinute bounds how many rooms that never existed one socket
+// may create: every room named costs the store a bucket on disk.
+const newRoomsPerMinute = 30
 
 // membership is a socket's place in a room.
 type membership struct {
@@ -79,15 +84,16 @@ func newID() string {
 
 func (b *Broker) newSession(conn *gws.Conn, c *authn.Claims) *Session {
 	s := &Session{
-		id:      newID(),
-		name:    c.Name,
-		sub:     c.Subject,
-		broker:  b,
-		conn:    conn,
-		rooms:   make(map[string]membership),
-		allowed: c.Rooms, // not the whole claims: they would stay alive per socket
-		limiter: rate.NewLimiter(rate.Limit(b.opts.RateLimit), max(1, int(2*b.opts.RateLimit))),
-		jtis:    []string{c.ID},
+		id:        newID(),
+		name:      c.Name,
+		sub:       c.Subject,
+		broker:    b,
+		conn:      conn,
+		rooms:     make(map[string]membership),
+		allowed:   c.Rooms, // not the whole claims: they would stay alive per socket
+		limiter:   rate.NewLimiter(rate.Limit(b.opts.RateLimit), max(1, int(2*b.opts.RateLimit))),
+		creations: rate.NewLimiter(rate.Every(time.Minute/newRoomsPerMinute), newRoomsPerMinute),
+		jtis:      []string{c.ID},
 	}
 	s.out = outbox{conn: conn.NetConn(), limit: b.opts.SendQueueBytes, timeout: b.opts.WriteTimeout}
 	s.expire = wheel.NewTimer(s.onExpire)
