@@ -219,9 +219,6 @@ func (s *Service) bearerPost(w http.ResponseWriter, r *http.Request) (*Claims, b
 		WriteMethodNotAllowed(w, http.MethodPost)
 		return nil, false
 	}
-	if !s.allowIP(w, r) {
-		return nil, false
-	}
 	claims, err := s.tokens.Verify(BearerToken(r.Header.Get("Authorization")))
 	if err != nil {
 		WriteTokenError(w, err)

@@ -63,8 +63,9 @@ func (r *Revocations) Revoke(jti string, exp time.Time) error {
 	prune := r.now().Sub(r.pruned) > time.Hour
 	r.mu.Unlock()
 	if prune {
-		// Lazily, so a long-running server does not keep every logout.
-		return r.Prune()
+		// Lazily, so a long-running server does not keep every logout. A
+		// failure here must not undo the logout: the next one retries.
+		_ = r.Prune()
 	}
 	return nil
 }

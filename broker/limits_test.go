@@ -197,3 +197,21 @@ func TestHeartbeat(t *testing.T) {
 	alive.send(map[string]any{"type": "who", "room": "general"})
 	alive.expect("presence")
 }
+
+// A socket refreshed many times still closes when the token it was opened
+// with is logged out.
+func TestRevokeOpeningTokenAfterManyRefreshes(t *testing.T) {
+	e := newEnv(t, broker.Options{})
+	opening := claims("alice", time.Hour)
+	c := e.dial(sign(t, opening))
+	for i := range 20 {
+		next := claims("alice", time.Hour)
+		next.ID = fmt.Sprint("refresh-", i)
+		c.send(map[string]any{"type": "refresh", "token": sign(t, next)})
+		c.expect("refreshed")
+	}
+	e.broker.Revoke(opening.ID)
+	if ev := c.waitClose(2 * time.Second); ev.code != 4003 {
+		t.Fatalf("close %d, want 4003", ev.code)
+	}
+}

@@ -148,14 +148,29 @@ func (o *outbox) hold() {
 	o.mu.Unlock()
 }
 
-// release writes first, then everything queued since hold, on the calling
-// goroutine, and hands the writing back to flusher goroutines.
+// release writes first on the calling goroutine and hands the writing
+// back: to a flusher goroutine if frames queued since hold, else to the
+// next push.
 func (o *outbox) release(first []byte) {
 	if err := o.write([][]byte{first}); err != nil {
 		o.fail()
 		return
 	}
-	o.flush()
+	o.mu.Lock()
+	if len(o.queue) == 0 && o.closing == nil {
+		o.flushing = false
+		o.mu.Unlock()
+		return
+	}
+	o.mu.Unlock()
+	go o.flush()
+}
+
+// queued returns the bytes waiting behind the write in flight.
+func (o *outbox) queued() int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.bytes
 }
 
 // fail ends a connection whose write failed; the read loop sees it and

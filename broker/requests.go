@@ -191,7 +191,7 @@ func (s *Session) join(name string, since *uint64, id []byte, answer bool) error
 	if err != nil {
 		return err
 	}
-	if answer && r.seq == 0 && len(r.members) == 0 && !s.creations.Allow() {
+	if answer && r.latest == 0 && len(r.members) == 0 && !s.creations.Allow() {
 		// A room nobody is in and nothing was ever said in is a new name;
 		// each name sent to costs the store a bucket for good.
 		r.mu.Unlock()
@@ -242,18 +242,21 @@ func (s *Session) replay(room string, since, upTo uint64) (frames [][]byte, comp
 		return nil, true, nil
 	}
 	h := s.broker.opts.History
-	var msgs []Message
-	if upTo-since <= maxReplay {
-		msgs, complete, err = h.After(room, since, int(upTo-since))
-	} else {
-		msgs, err = h.Before(room, upTo+1, maxReplay)
+	// Seqs may have gaps (a crash moves them on), so ask by count: one more
+	// than a replay carries tells whether the client is too far behind.
+	msgs, complete, err := h.After(room, since, maxReplay+1)
+	if err == nil && len(msgs) > maxReplay {
+		msgs, err = h.Before(room, upTo+1, maxReplay) // the newest ones
+		complete = false
 	}
 	if err != nil {
 		return nil, false, err
 	}
-	// Newest first, within the budget. Seqs above upTo are left out:
-	// After counts messages, and seqs may have gaps.
-	budget := s.broker.opts.SendQueueBytes / 2
+	// Newest first, within the budget: half the send queue, less what is
+	// already queued, so several joins in a row (a reconnect rejoining
+	// every room) cannot fill the queue between them. Seqs above upTo are
+	// left out: a member already got those live.
+	budget := s.broker.opts.SendQueueBytes/2 - s.out.queued()
 	for i := len(msgs) - 1; i >= 0; i-- {
 		m := &msgs[i]
 		if m.Seq > upTo {

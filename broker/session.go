@@ -193,7 +193,8 @@ func (s *Session) sendError(code, message string, id []byte) {
 }
 
 // maxJTIs bounds the tokens one socket remembers for logout; a socket
-// refreshed more often than that forgets its oldest (long expired) tokens.
+// refreshed more often than that forgets its oldest refreshed tokens (long
+// expired, with any sane TTL), never the one it was opened with.
 const maxJTIs = 16
 
 // addJTI records a token the socket now holds, for logout.
@@ -206,8 +207,10 @@ func (s *Session) addJTI(jti string) {
 	s.jtis = append(s.jtis, jti)
 	var forget []string
 	if len(s.jtis) > maxJTIs {
-		forget = []string{s.jtis[0]}
-		s.jtis = slices.Delete(s.jtis, 0, 1)
+		// Keep the token the socket was opened with: logging it out must
+		// still close the socket. Forget the oldest refresh instead.
+		forget = []string{s.jtis[1]}
+		s.jtis = slices.Delete(s.jtis, 1, 2)
 	}
 	s.mu.Unlock()
 	s.broker.registry.addJTI(s, jti)
