@@ -191,7 +191,7 @@ func (s *Session) join(name string, since *uint64, id []byte, answer bool) error
 	if err != nil {
 		return err
 	}
-	if answer && r.latest == 0 && len(r.members) == 0 && !s.creations.Allow() {
+	if answer && r.latest == 0 && len(r.members) == 0 && !s.mayCreateRoom() {
 		// A room nobody is in and nothing was ever said in is a new name;
 		// each name sent to costs the store a bucket for good.
 		r.mu.Unlock()

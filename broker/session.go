@@ -29,7 +29,7 @@ type Session struct {
 	rooms     map[string]membership
 	allowed   []string // the token's rooms claim: nil allows any room
 	limiter   *rate.Limiter
-	creations *rate.Limiter // new rooms this socket may create
+	creations *rate.Limiter // new rooms this socket may create; made on first use
 	strikes   []time.Time   // recent rate_limited errors
 	lastRead  time.Time     // when the read deadline was last pushed back
 
@@ -46,6 +46,15 @@ type Session struct {
 // newRoomsPerMinute bounds how many rooms that never existed one socket
 // may create: every room named costs the store a bucket on disk.
 const newRoomsPerMinute = 30
+
+// mayCreateRoom takes one of the socket's new-room tokens. The limiter is
+// made on first use: most sockets never name a new room.
+func (s *Session) mayCreateRoom() bool {
+	if s.creations == nil {
+		s.creations = rate.NewLimiter(rate.Every(time.Minute/newRoomsPerMinute), newRoomsPerMinute)
+	}
+	return s.creations.Allow()
+}
 
 // membership is a socket's place in a room.
 type membership struct {
@@ -84,16 +93,15 @@ func newID() string {
 
 func (b *Broker) newSession(conn *gws.Conn, c *authn.Claims) *Session {
 	s := &Session{
-		id:        newID(),
-		name:      c.Name,
-		sub:       c.Subject,
-		broker:    b,
-		conn:      conn,
-		rooms:     make(map[string]membership),
-		allowed:   c.Rooms, // not the whole claims: they would stay alive per socket
-		limiter:   rate.NewLimiter(rate.Limit(b.opts.RateLimit), max(1, int(2*b.opts.RateLimit))),
-		creations: rate.NewLimiter(rate.Every(time.Minute/newRoomsPerMinute), newRoomsPerMinute),
-		jtis:      []string{c.ID},
+		id:      newID(),
+		name:    c.Name,
+		sub:     c.Subject,
+		broker:  b,
+		conn:    conn,
+		rooms:   make(map[string]membership),
+		allowed: c.Rooms, // not the whole claims: they would stay alive per socket
+		limiter: rate.NewLimiter(rate.Limit(b.opts.RateLimit), max(1, int(2*b.opts.RateLimit))),
+		jtis:    []string{c.ID},
 	}
 	s.out = outbox{conn: conn.NetConn(), limit: b.opts.SendQueueBytes, timeout: b.opts.WriteTimeout}
 	s.expire = wheel.NewTimer(s.onExpire)
