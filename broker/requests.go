@@ -227,8 +227,8 @@ func (s *Session) join(name string, since *uint64, id []byte, answer bool) error
 		}
 		s.rooms[name] = membership{room: r, since: r.latest}
 	}
-	// The replay is bounded (replay); it may pass the queue bound once, as
-	// a client that asked to catch up is not slow for doing so.
+	// Queued whole even past the bound: a client that asked to catch up is
+	// not slow for it. replay keeps it to what the queue has room for.
 	s.out.pushForce(frames...)
 	return nil
 }

@@ -121,8 +121,9 @@ func (s *Session) send(frame []byte) {
 // it completes does the close frame follow it (never into the middle of a
 // frame), and a peer that reads nothing just sees the connection end.
 func (s *Session) slow() {
-	s.close(4008, true, nil)
-	_ = s.conn.NetConn().SetWriteDeadline(time.Now().Add(time.Second))
+	if s.close(CloseSlowConsumer, true, nil) {
+		_ = s.conn.NetConn().SetWriteDeadline(time.Now().Add(time.Second))
+	}
 }
 
 // closeGrace is how long a closing socket waits for the peer's close
@@ -154,10 +155,11 @@ func closeReasons() map[uint16]string {
 // close sends last (if not nil), then the close frame with code, and then
 // half-closes the connection. With drop, the frames not yet written are
 // dropped first (an expired or revoked token must not wait behind a
-// backlog); without, they go out before. Only the first close counts.
-func (s *Session) close(code uint16, drop bool, last []byte) {
+// backlog); without, they go out before. Only the first close counts; it
+// reports whether this one was it.
+func (s *Session) close(code uint16, drop bool, last []byte) bool {
 	if !s.closedCode.CompareAndSwap(0, uint32(code)) {
-		return
+		return false
 	}
 	b := s.broker
 	b.metrics.closes.WithLabelValues(strconv.Itoa(int(code))).Inc()
@@ -171,6 +173,7 @@ func (s *Session) close(code uint16, drop bool, last []byte) {
 	} else {
 		s.out.closeAfter(s.halfClose, frames...)
 	}
+	return true
 }
 
 // halfClose runs once the close frame is written. gws's WriteClose would
