@@ -5,13 +5,13 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/chatd/chatd/authn"
+	"github.com/chatd/chatd/bench/load"
 	"github.com/chatd/chatd/broker"
 	"github.com/chatd/chatd/broker/boltstore"
 	"github.com/lxzan/gws"
@@ -93,11 +93,12 @@ func runAckBench(b *testing.B, history broker.History) {
 	}
 
 	per := max(1, b.N/sockets)
-	lat := make([][]time.Duration, sockets)
+	lat := load.NewHist() // the same HDR histogram as every other benchmark here
+	var latMu sync.Mutex
 	var wg sync.WaitGroup
 	b.ResetTimer()
 	start := time.Now()
-	for i, s := range socks {
+	for _, s := range socks {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -109,7 +110,9 @@ func runAckBench(b *testing.B, history broker.History) {
 				}
 				select {
 				case at := <-s.h.acks:
-					lat[i] = append(lat[i], at.Sub(sent))
+					latMu.Lock()
+					lat.Record(at.Sub(sent))
+					latMu.Unlock()
 				case <-time.After(10 * time.Second):
 					b.Error("no ack within 10s")
 					return
@@ -120,14 +123,11 @@ func runAckBench(b *testing.B, history broker.History) {
 	wg.Wait()
 	elapsed := time.Since(start)
 	b.StopTimer()
-	all := slices.Concat(lat...)
-	slices.Sort(all)
-	if len(all) == 0 {
+	if lat.Count() == 0 {
 		b.Fatal("no acks")
 	}
-	pct := func(p float64) float64 { return float64(all[int(p*float64(len(all)-1))]) / 1e6 }
-	b.ReportMetric(float64(len(all))/elapsed.Seconds(), "acks/s")
-	b.ReportMetric(pct(0.50), "p50-ms")
-	b.ReportMetric(pct(0.99), "p99-ms")
+	b.ReportMetric(float64(lat.Count())/elapsed.Seconds(), "acks/s")
+	b.ReportMetric(lat.Quantile(50), "p50-ms")
+	b.ReportMetric(lat.Quantile(99), "p99-ms")
 	b.ReportMetric(0, "ns/op")
 }
