@@ -142,13 +142,17 @@ func New(opts Options) *Broker {
 	return b
 }
 
+// readBufferSize is the size of each socket's read buffer, held for its
+// lifetime: chat frames are small.
+const readBufferSize = 512
+
 // SubProtocol is the WebSocket subprotocol chatd speaks.
 const SubProtocol = "chat.v1"
 
 func (b *Broker) serverOption(subprotocols []string) *gws.ServerOption {
 	return &gws.ServerOption{
 		ReadMaxPayloadSize: b.opts.MaxMessageBytes,
-		ReadBufferSize:     512,  // held per socket for its lifetime; chat frames are small
+		ReadBufferSize:     readBufferSize,
 		CheckUtf8Enabled:   true, // invalid UTF-8 closes 1007 (RFC 6455 8.1)
 		Recovery:           gws.Recovery,
 		SubProtocols:       subprotocols,

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"bufio"
 	"net/http"
 	"strings"
 
@@ -54,14 +55,31 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if offersChat {
 		upgrader = b.chatv1
 	}
-	conn, err := upgrader.Upgrade(w, r)
+	hj, ok := w.(http.Hijacker)
+	if !ok {
+		authn.WriteError(w, http.StatusInternalServerError, "internal_error", "this connection cannot be upgraded")
+		return
+	}
+	nc, brw, err := hj.Hijack()
+	if err != nil {
+		b.metrics.handshakes.WithLabelValues("bad_handshake").Inc()
+		return
+	}
+	sc := &sockConn{Conn: nc}
+	br := brw.Reader
+	if br.Buffered() == 0 {
+		// net/http's reader is 4 KiB; the socket keeps its reader for life,
+		// so it gets a small one unless frames arrived with the request.
+		br = bufio.NewReaderSize(sc, readBufferSize)
+	}
+	conn, err := upgrader.UpgradeFromConn(sc, br, r)
 	if err != nil {
 		// gws has already answered and closed the connection.
 		b.metrics.handshakes.WithLabelValues("bad_handshake").Inc()
 		return
 	}
 	b.metrics.handshakes.WithLabelValues("ok").Inc()
-	s := b.newSession(conn, claims)
+	s := b.newSession(conn, sc, claims)
 	conn.Session().(*sessionSlot).s = s
 	b.start(s, claims)
 	// ReadLoop runs the session's whole life on its own goroutine; holding

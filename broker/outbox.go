@@ -55,14 +55,49 @@ func (o *outbox) closeAfter(closeFn func(), frames ...[]byte) {
 }
 
 // closeNow drops the frames not yet written, queues frames and runs
-// closeFn once they are written. Later pushes are dropped.
+// closeFn once they are written. Later pushes are dropped. On a socket
+// with no write in flight (the usual case: an idle socket whose token
+// expired) the frames are written at once on the calling goroutine, which
+// never waits for the socket: an expiry burst then tells thousands of
+// sockets one after another at the cost of one write each, with no
+// goroutine started per socket. Whatever the kernel does not take goes to
+// a flusher.
 func (o *outbox) closeNow(closeFn func(), frames ...[]byte) {
 	o.mu.Lock()
-	if !o.dead {
-		clear(o.queue)
-		o.queue, o.bytes, o.closing = o.queue[:0], 0, nil
+	if o.dead || o.closing != nil {
+		o.mu.Unlock()
+		return
 	}
-	o.enqueueLocked(closeFn, frames...)
+	clear(o.queue)
+	o.queue, o.bytes = o.queue[:0], 0
+	if o.flushing {
+		o.enqueueLocked(closeFn, frames...)
+		return
+	}
+	o.flushing, o.closing = true, closeFn // later pushes are dropped
+	o.mu.Unlock()
+
+	rest, err := o.writeNoWait(frames)
+	if err != nil {
+		o.fail()
+		return
+	}
+	o.mu.Lock()
+	if o.dead {
+		o.flushing = false
+		o.mu.Unlock()
+		return
+	}
+	if len(rest) == 0 {
+		o.flushing = false
+		o.mu.Unlock()
+		closeFn()
+		return
+	}
+	o.queue = append(o.queue, rest)
+	o.bytes += len(rest)
+	o.mu.Unlock()
+	go o.flush()
 }
 
 // enqueueLocked appends frames unless the outbox is dead or closing, sets

@@ -22,6 +22,7 @@ type Session struct {
 	sub    string
 	broker *Broker
 	conn   *gws.Conn
+	sock   *sockConn // conn's connection, as gws sees it
 	out    outbox
 
 	// Touched only by the socket's read loop (and by the handler before
@@ -91,19 +92,20 @@ func newID() string {
 	return hex.EncodeToString(b[:])
 }
 
-func (b *Broker) newSession(conn *gws.Conn, c *authn.Claims) *Session {
+func (b *Broker) newSession(conn *gws.Conn, sock *sockConn, c *authn.Claims) *Session {
 	s := &Session{
 		id:      newID(),
 		name:    c.Name,
 		sub:     c.Subject,
 		broker:  b,
 		conn:    conn,
+		sock:    sock,
 		rooms:   make(map[string]membership),
 		allowed: c.Rooms, // not the whole claims: they would stay alive per socket
 		limiter: rate.NewLimiter(rate.Limit(b.opts.RateLimit), max(1, int(2*b.opts.RateLimit))),
 		jtis:    []string{c.ID},
 	}
-	s.out = outbox{conn: conn.NetConn(), limit: b.opts.SendQueueBytes, timeout: b.opts.WriteTimeout}
+	s.out = outbox{conn: sock.Conn, limit: b.opts.SendQueueBytes, timeout: b.opts.WriteTimeout}
 	s.expire = wheel.NewTimer(s.onExpire)
 	s.warn = wheel.NewTimer(s.onWarn)
 	return s
@@ -122,7 +124,7 @@ func (s *Session) send(frame []byte) {
 // frame), and a peer that reads nothing just sees the connection end.
 func (s *Session) slow() {
 	if s.close(CloseSlowConsumer, true, nil) {
-		_ = s.conn.NetConn().SetWriteDeadline(time.Now().Add(time.Second))
+		_ = s.sock.SetWriteDeadline(time.Now().Add(time.Second))
 	}
 }
 
@@ -153,14 +155,16 @@ func closeReasons() map[uint16]string {
 }
 
 // close sends last (if not nil), then the close frame with code, and then
-// half-closes the connection. With drop, the frames not yet written are
-// dropped first (an expired or revoked token must not wait behind a
-// backlog); without, they go out before. Only the first close counts; it
-// reports whether this one was it.
+// waits for the peer's close frame. With drop, the frames not yet written
+// are dropped first (an expired or revoked token must not wait behind a
+// backlog), and on an idle socket the frames are written on the calling
+// goroutine at once; without, they go out after the backlog. Only the
+// first close counts; it reports whether this one was it.
 func (s *Session) close(code uint16, drop bool, last []byte) bool {
 	if !s.closedCode.CompareAndSwap(0, uint32(code)) {
 		return false
 	}
+	s.sock.closeSent.Store(true) // gws must not write a close of its own after ours
 	b := s.broker
 	b.metrics.closes.WithLabelValues(strconv.Itoa(int(code))).Inc()
 	bye := b.closeFrames[code]
@@ -169,32 +173,29 @@ func (s *Session) close(code uint16, drop bool, last []byte) bool {
 		frames = [][]byte{last, bye}
 	}
 	if drop {
-		s.out.closeNow(s.halfClose, frames...)
+		s.out.closeNow(s.awaitClose, frames...)
 	} else {
-		s.out.closeAfter(s.halfClose, frames...)
+		s.out.closeAfter(s.awaitClose, frames...)
 	}
 	return true
 }
 
-// halfClose runs once the close frame is written. gws's WriteClose would
-// close the connection outright; if the peer's frames were still unread
-// then, the kernel would answer with a reset, and a peer that is still
-// sending would lose our close frame with it. So the FIN follows the close
-// frame, and the read loop goes on (ignoring data frames) until the peer's
-// own close frame, its FIN, or the grace deadline.
-func (s *Session) halfClose() {
-	nc := s.conn.NetConn()
-	_ = nc.SetReadDeadline(time.Now().Add(closeGrace))
-	if hc, ok := nc.(interface{ CloseWrite() error }); ok && hc.CloseWrite() == nil {
-		return
-	}
-	_ = nc.Close()
+// awaitClose runs once the close frame is written. The connection stays
+// open for the peer's close frame: when it comes, gws closes the
+// connection (its echo is dropped by sockConn, ours went first). Closing at
+// once would make the kernel answer a peer still sending with a reset,
+// which can destroy our close frame before the peer reads it; and a FIN
+// now would cost every socket of an expiry burst a second packet before
+// the next socket is told. A peer that never answers is dropped after
+// closeGrace.
+func (s *Session) awaitClose() {
+	_ = s.sock.SetReadDeadline(time.Now().Add(closeGrace))
 }
 
 // abort drops the connection without a close frame (drain timeout).
 func (s *Session) abort() {
 	s.out.kill()
-	_ = s.conn.NetConn().Close()
+	_ = s.sock.Close()
 }
 
 // errorFrame sends an `error` frame answering a request with id.

@@ -39,6 +39,11 @@ type Dialer struct {
 	// read and be counted as the server's lateness; real clients, each on
 	// its own machine, do not wait for each other.
 	LingerExpired time.Duration
+	// ReadClock times frames when the client reads them. By default they
+	// are timed by their arrival: the kernel's receive timestamp, which
+	// leaves out how long this process's own core took to get to each
+	// socket (see arrivalConn). ToldExpiredRead has the read time always.
+	ReadClock bool
 
 	next atomic.Uint64
 }
@@ -68,9 +73,12 @@ type Conn struct {
 	welcome  chan error
 	welcomed bool // touched only by the read loop
 	closed   atomic.Bool
-	// expiredAt is when the token_expired error frame was read (unix ns).
-	expiredAt atomic.Int64
-	linger    time.Duration // see Dialer.LingerExpired
+	// expiredAt is when the token_expired error frame arrived, and
+	// expiredRead when it was read (unix ns).
+	expiredAt   atomic.Int64
+	expiredRead atomic.Int64
+	linger      time.Duration // see Dialer.LingerExpired
+	readClock   bool          // see Dialer.ReadClock
 }
 
 // Welcome is the first frame the server sends.
@@ -110,7 +118,7 @@ func (d *Dialer) Dial(token string, id, shard int, ev *Events) (*Conn, error) {
 	if n := len(d.SourceIPs); n > 0 {
 		local = &net.TCPAddr{IP: d.SourceIPs[int(d.next.Add(1))%n]}
 	}
-	c := &Conn{ID: id, Shard: shard, events: ev, welcome: make(chan error, 1), linger: d.LingerExpired}
+	c := &Conn{ID: id, Shard: shard, events: ev, welcome: make(chan error, 1), linger: d.LingerExpired, readClock: d.ReadClock}
 	// gws fills defaults into the option it is given: a fresh one per dial.
 	opt := &gws.ClientOption{
 		Addr:             d.URL,
@@ -120,7 +128,7 @@ func (d *Dialer) Dial(token string, id, shard int, ev *Events) (*Conn, error) {
 		// Compression stays off: each compressing client costs a flate
 		// state, and chatd's frames are small.
 		NewDialer: func() (gws.Dialer, error) {
-			return &net.Dialer{Timeout: timeout, LocalAddr: local}, nil
+			return arrivalDialer{&net.Dialer{Timeout: timeout, LocalAddr: local}}, nil
 		},
 		NewSession: func() gws.SessionStorage { return noSession{} },
 	}
@@ -208,7 +216,7 @@ var (
 	textKey       = []byte(`,"text":"`)
 )
 
-func (h *handler) OnMessage(_ *gws.Conn, m *gws.Message) {
+func (h *handler) OnMessage(ws *gws.Conn, m *gws.Message) {
 	defer m.Close()
 	c := (*Conn)(h)
 	data := m.Bytes()
@@ -218,7 +226,7 @@ func (h *handler) OnMessage(_ *gws.Conn, m *gws.Message) {
 		if c.events == nil || c.events.Message == nil {
 			return
 		}
-		now := time.Now()
+		now := c.arrival(ws)
 		// bytes.Index, not LastIndex: Index is vectorised, LastIndex is
 		// Rabin-Karp and was 17% of the client's CPU under fan-out.
 		i := bytes.Index(data, textKey)
@@ -247,7 +255,13 @@ func (h *handler) OnMessage(_ *gws.Conn, m *gws.Message) {
 	typ := frameType(data)
 	expired := typ == "error" && bytes.Contains(data, tokenExpiredCode)
 	if expired {
-		c.expiredAt.CompareAndSwap(0, time.Now().UnixNano())
+		read := time.Now()
+		arrived := read
+		if ns := arrivalOf(ws.NetConn()); ns != 0 {
+			arrived = time.Unix(0, ns)
+		}
+		c.expiredRead.CompareAndSwap(0, read.UnixNano())
+		c.expiredAt.CompareAndSwap(0, arrived.UnixNano())
 	}
 	if c.events != nil && c.events.Frame != nil {
 		c.events.Frame(c, typ, data)
@@ -261,17 +275,49 @@ func (h *handler) OnMessage(_ *gws.Conn, m *gws.Message) {
 // right before close 4001.
 var tokenExpiredCode = []byte(`"code":"token_expired"`)
 
-// ToldExpired returns when the socket read the token_expired error frame
-// (zero if it did not). Expiry lateness is measured there rather than at
-// OnClose: the server writes that frame and the close frame together, and
-// by OnClose the client has also done its own close handshake (a write and
-// a close), which on a one-core client piles up socket after socket and
-// would be measured as the server's lateness.
+// ToldExpired returns when the token_expired error frame arrived (zero if
+// it did not): the kernel's receive timestamp where there is one (see
+// arrivalConn). Expiry lateness is measured there rather than at OnClose:
+// the server writes that frame and the close frame together, and by
+// OnClose the client has also read every socket before this one and done
+// its own close handshake, which on a one-core client piles up socket
+// after socket and would be measured as the server's lateness.
 func (c *Conn) ToldExpired() time.Time {
 	if ns := c.expiredAt.Load(); ns != 0 {
 		return time.Unix(0, ns)
 	}
 	return time.Time{}
+}
+
+// ToldExpiredRead returns when the client read the token_expired frame.
+func (c *Conn) ToldExpiredRead() time.Time {
+	if ns := c.expiredRead.Load(); ns != 0 {
+		return time.Unix(0, ns)
+	}
+	return time.Time{}
+}
+
+// arrival returns when the frame being handled arrived, by the Dialer's
+// clock.
+func (c *Conn) arrival(ws *gws.Conn) time.Time {
+	if !c.readClock {
+		if ns := arrivalOf(ws.NetConn()); ns != 0 {
+			return time.Unix(0, ns)
+		}
+	}
+	return time.Now()
+}
+
+// arrivalDialer dials with receive timestamps on (see arrivalConn).
+type arrivalDialer struct{ d *net.Dialer }
+
+// Dial implements gws.Dialer.
+func (a arrivalDialer) Dial(network, addr string) (net.Conn, error) {
+	c, err := a.d.Dial(network, addr)
+	if err != nil {
+		return nil, err
+	}
+	return withArrival(c), nil
 }
 
 // frameType returns the "type" of a server frame, which chatd writes first.

@@ -8,6 +8,7 @@
 package wheel
 
 import (
+	"runtime"
 	"sync"
 	"time"
 )
@@ -40,6 +41,9 @@ type Wheel struct {
 	stop chan struct{}
 	done chan struct{}
 }
+
+// yieldEvery is how many timers fire between yields of the processor.
+const yieldEvery = 64
 
 // New starts a wheel that ticks every tick (5ms if tick <= 0) with slots
 // buckets (4096 if slots <= 0). Timers further ahead than tick*slots wait
@@ -148,6 +152,13 @@ func (w *Wheel) run() {
 		for i, t := range due {
 			t.fire()
 			due[i] = nil // let fired timers' owners be collected
+			if i%yieldEvery == yieldEvery-1 {
+				// Thousands of timers can fall due in one tick (tokens
+				// minted in the same second). Let other goroutines, the
+				// ones carrying everybody else's traffic, in between
+				// batches rather than after the whole burst.
+				runtime.Gosched()
+			}
 		}
 		w.mu.Lock()
 		next := w.start.Add(time.Duration(w.current+1) * w.tick)

@@ -58,6 +58,7 @@ type options struct {
 	churn       float64
 	room        string
 	readBuffer  int
+	clock       string
 	json        bool
 	plot        string
 	quiet       bool
@@ -98,6 +99,7 @@ func newFlags(cmd string) (*flag.FlagSet, *options) {
 	fs.Float64Var(&o.churn, "churn", 0, "soak: sockets per second closed and reopened")
 	fs.StringVar(&o.room, "room", "general", "the room the senders send to")
 	fs.IntVar(&o.readBuffer, "read-buffer", 0, "read buffer per socket (default: fanout 4096, else 1024)")
+	fs.StringVar(&o.clock, "clock", "arrival", "when a frame counts as delivered: arrival (the kernel's receive timestamp, leaving out\nthis process's own queueing) or read (when chatbench gets to it)")
 	fs.BoolVar(&o.json, "json", false, "print one JSON object instead of a table")
 	fs.StringVar(&o.plot, "plot", "", "draw deliveries/s and p50/p99 latency over time into this PNG")
 	fs.BoolVar(&o.quiet, "quiet", false, "no progress bar")
@@ -125,6 +127,9 @@ func (o *options) finish() error {
 	}
 	if o.cmd == "connect" || o.cmd == "expiry" {
 		o.senders = 0
+	}
+	if o.clock != "arrival" && o.clock != "read" {
+		return fmt.Errorf("--clock must be arrival or read, not %q", o.clock)
 	}
 	if o.readBuffer == 0 {
 		o.readBuffer = 1024
@@ -289,7 +294,7 @@ func (o *options) plans(tokens []string) []*plan {
 			Tokens: tokens, Senders: o.senders, Window: o.window, Size: o.size, Room: o.room,
 			Rate: o.rate, Churn: o.churn / float64(o.procs), Duration: o.duration, Warmup: o.warmup,
 			Hold: o.hold, Leeway: o.leeway, Linger: o.linger, Concurrency: o.concurrency, ReadBuffer: o.readBuffer,
-			Limit: o.limit,
+			ReadClock: o.clock == "read", Limit: o.limit,
 		}
 		if o.cmd != "fanout" {
 			out[k].Warmup = 0

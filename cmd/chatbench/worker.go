@@ -41,7 +41,8 @@ type plan struct {
 	Linger      time.Duration `json:"linger"`
 	Concurrency int           `json:"concurrency"`
 	ReadBuffer  int           `json:"read_buffer"`
-	Limit       time.Duration `json:"limit"` // the worker stops by itself after this
+	ReadClock   bool          `json:"read_clock"` // see load.Dialer.ReadClock
+	Limit       time.Duration `json:"limit"`      // the worker stops by itself after this
 }
 
 // messages is how many messages a paced or soak run sends in all.
@@ -93,7 +94,8 @@ type result struct {
 
 	Expired   int        `json:"expired"`
 	Early     int        `json:"early"`
-	Lateness  *load.Hist `json:"lateness"`
+	Lateness  *load.Hist `json:"lateness"`      // at the token_expired frame's arrival
+	LateRead  *load.Hist `json:"lateness_read"` // when chatbench read it
 	StillOpen int        `json:"still_open"`
 
 	Reconnects        int `json:"reconnects"`
@@ -128,13 +130,13 @@ func newWorker(p *plan, progress func(int)) *worker {
 	}
 	w.res = result{
 		DialErrors: map[string]int{}, Closes: map[string]int{}, Errors: map[string]int{},
-		Handshake: load.NewHist(), Latency: load.NewHist(), Lateness: load.NewHist(),
+		Handshake: load.NewHist(), Latency: load.NewHist(), Lateness: load.NewHist(), LateRead: load.NewHist(),
 	}
 	var ips []net.IP
 	for _, s := range p.SourceIPs {
 		ips = append(ips, net.ParseIP(s))
 	}
-	w.dialer = &load.Dialer{URL: p.URL, SourceIPs: ips, ReadBufferSize: p.ReadBuffer}
+	w.dialer = &load.Dialer{URL: p.URL, SourceIPs: ips, ReadBufferSize: p.ReadBuffer, ReadClock: p.ReadClock}
 	if p.Cmd == "expiry" {
 		w.dialer.LingerExpired = p.Linger // see load.Dialer.LingerExpired
 	}
@@ -159,10 +161,15 @@ func (w *worker) onClosed(c *load.Conn, code uint16, at time.Time) {
 	w.mu.Lock()
 	if !w.retired[c] {
 		if w.p.Cmd == "expiry" {
+			read := at
 			if told := c.ToldExpired(); !told.IsZero() {
-				at = told
+				at, read = told, c.ToldExpiredRead()
+			}
+			if w.p.ReadClock {
+				at = read
 			}
 			exp := time.Unix(c.Exp, 0).Add(w.p.Leeway)
+			w.res.LateRead.Record(read.Sub(exp))
 			if at.Before(exp) {
 				w.res.Early++
 			}

@@ -1,0 +1,96 @@
+package load
+
+import (
+	"encoding/binary"
+	"io"
+	"net"
+	"syscall"
+	"time"
+)
+
+// arrivalConn reads with recvmsg and keeps the kernel's receive timestamp
+// (SO_TIMESTAMPNS) of the last read: when the bytes reached this machine's
+// TCP stack, however long the client's own core then took to get to them.
+//
+// That is the clock of the figures: chatbench runs thousands of sockets on
+// one core, and in a burst (an expiry tick, a fan-out) the socket it
+// reads last waits behind every read before it. On loopback the receive
+// path runs inside the server's write, so the timestamp is the moment the
+// server's frame left it.
+type arrivalConn struct {
+	*net.TCPConn
+	raw  syscall.RawConn
+	oob  [64]byte
+	last int64 // unix ns of the last read's data; only the read loop touches it
+}
+
+// withArrival turns on receive timestamps for c. It returns c unchanged
+// where the kernel refuses them, and then arrival times are read times.
+func withArrival(c net.Conn) net.Conn {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return c
+	}
+	raw, err := tc.SyscallConn()
+	if err != nil {
+		return c
+	}
+	var serr error
+	if err := raw.Control(func(fd uintptr) {
+		serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_TIMESTAMPNS, 1)
+	}); err != nil || serr != nil {
+		return c
+	}
+	return &arrivalConn{TCPConn: tc, raw: raw}
+}
+
+// Read implements net.Conn, deadlines included (RawConn.Read honours them).
+func (c *arrivalConn) Read(p []byte) (int, error) {
+	var n, oobn int
+	var rerr error
+	err := c.raw.Read(func(fd uintptr) bool {
+		n, oobn, _, _, rerr = syscall.Recvmsg(int(fd), p, c.oob[:], 0)
+		return rerr != syscall.EAGAIN
+	})
+	if err == nil {
+		err = rerr
+	}
+	if err != nil {
+		return 0, err
+	}
+	if n == 0 && len(p) > 0 {
+		return 0, io.EOF
+	}
+	c.last = stampOf(c.oob[:oobn])
+	return n, nil
+}
+
+// stampOf finds SCM_TIMESTAMPNS in a control message buffer, without the
+// allocations of syscall.ParseSocketControlMessage; the read time if absent.
+func stampOf(oob []byte) int64 {
+	const hdr = syscall.SizeofCmsghdr // 64-bit: len uint64, level int32, type int32
+	for len(oob) >= hdr {
+		size := int(binary.NativeEndian.Uint64(oob[0:8]))
+		level := int32(binary.NativeEndian.Uint32(oob[8:12]))
+		typ := int32(binary.NativeEndian.Uint32(oob[12:16]))
+		if size < hdr || size > len(oob) {
+			break
+		}
+		if level == syscall.SOL_SOCKET && typ == syscall.SCM_TIMESTAMPNS && size >= hdr+16 {
+			sec := int64(binary.NativeEndian.Uint64(oob[hdr : hdr+8]))
+			nsec := int64(binary.NativeEndian.Uint64(oob[hdr+8 : hdr+16]))
+			return sec*1e9 + nsec
+		}
+		oob = oob[min(len(oob), (size+7)&^7):]
+	}
+	return time.Now().UnixNano()
+}
+
+// arrivalOf returns when the data of c's last read arrived (unix ns), or 0
+// for a connection without receive timestamps.
+func arrivalOf(c net.Conn) int64 {
+	if ac, ok := c.(*arrivalConn); ok {
+		return ac.last
+	}
+	return 0
+}

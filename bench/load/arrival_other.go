@@ -1,0 +1,12 @@
+//go:build !linux
+
+package load
+
+import "net"
+
+// withArrival returns c: receive timestamps are read on Linux only, and
+// elsewhere arrival times are read times.
+func withArrival(c net.Conn) net.Conn { return c }
+
+// arrivalOf returns 0: no receive timestamps here.
+func arrivalOf(net.Conn) int64 { return 0 }

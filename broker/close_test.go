@@ -1,0 +1,163 @@
+package broker_test
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chatd/chatd/broker"
+)
+
+// rawSocket is a WebSocket client written by hand, so a test can see
+// exactly which frames the server writes and when it closes TCP.
+type rawSocket struct {
+	t  testing.TB
+	nc net.Conn
+	br *bufio.Reader
+}
+
+// rawDial upgrades a plain TCP connection with token.
+func (e *env) rawDial(t testing.TB, token string) *rawSocket {
+	t.Helper()
+	nc, err := net.Dial("tcp", e.srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	req := "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n" +
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n" +
+		"Authorization: Bearer " + token + "\r\n\r\n"
+	if _, err := nc.Write([]byte(req)); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(nc)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade: %v %v", resp, err)
+	}
+	return &rawSocket{t: t, nc: nc, br: br}
+}
+
+// next reads one server frame: its opcode and payload.
+func (s *rawSocket) next(d time.Duration) (op byte, payload []byte, err error) {
+	_ = s.nc.SetReadDeadline(time.Now().Add(d))
+	var h [2]byte
+	if _, err := io.ReadFull(s.br, h[:]); err != nil {
+		return 0, nil, err
+	}
+	if h[1]&0x80 != 0 {
+		s.t.Fatalf("server frame is masked")
+	}
+	n := uint64(h[1] & 0x7f)
+	switch n {
+	case 126:
+		var b [2]byte
+		_, err = io.ReadFull(s.br, b[:])
+		n = uint64(binary.BigEndian.Uint16(b[:]))
+	case 127:
+		var b [8]byte
+		_, err = io.ReadFull(s.br, b[:])
+		n = binary.BigEndian.Uint64(b[:])
+	}
+	if err != nil {
+		return 0, nil, err
+	}
+	payload = make([]byte, n)
+	_, err = io.ReadFull(s.br, payload)
+	return h[0] & 0x0f, payload, err
+}
+
+// writeClose sends a masked close frame with code.
+func (s *rawSocket) writeClose(code uint16) {
+	mask := [4]byte{1, 2, 3, 4}
+	body := binary.BigEndian.AppendUint16(nil, code)
+	f := []byte{0x88, 0x80 | byte(len(body)), mask[0], mask[1], mask[2], mask[3]}
+	for i, b := range body {
+		f = append(f, b^mask[i%4])
+	}
+	if _, err := s.nc.Write(f); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
+// An expiry is the server's close: the client reads token_expired and
+// close 4001, answers with its own close, and then sees the connection end
+// with nothing more: no second close frame (gws would echo the client's
+// close, RFC 6455 5.5.1 forbids anything after ours). With a short write
+// timeout, the socket's last write deadline has long passed when its token
+// expires: the close must still be written.
+func TestExpiryCloseHandshake(t *testing.T) {
+	t.Run("default", func(t *testing.T) { testExpiryCloseHandshake(t, broker.Options{}) })
+	t.Run("write deadline passed", func(t *testing.T) {
+		testExpiryCloseHandshake(t, broker.Options{WriteTimeout: 100 * time.Millisecond})
+	})
+}
+
+func testExpiryCloseHandshake(t *testing.T, opts broker.Options) {
+	e := newEnv(t, opts)
+	tok, exp := expiringToken(t, "raw", 500*time.Millisecond)
+	s := e.rawDial(t, tok)
+
+	var told bool
+	for {
+		op, payload, err := s.next(5 * time.Second)
+		if err != nil {
+			t.Fatalf("before the close frame: %v", err)
+		}
+		if op == 0x1 && strings.Contains(string(payload), `"code":"token_expired"`) {
+			told = true
+			continue
+		}
+		if op != 0x8 {
+			continue // welcome, presence
+		}
+		if !told {
+			t.Fatalf("close frame %q before the token_expired error frame", payload)
+		}
+		if code := binary.BigEndian.Uint16(payload); code != 4001 || string(payload[2:]) != "token expired" {
+			t.Fatalf("close %d %q, want 4001 token expired", code, payload[2:])
+		}
+		break
+	}
+	if time.Now().Before(exp) {
+		t.Fatalf("closed before exp")
+	}
+	s.writeClose(4001)
+	op, payload, err := s.next(time.Second)
+	if err == nil {
+		t.Fatalf("after the close handshake the server sent opcode %#x %q, want the connection closed", op, payload)
+	}
+	if !errors.Is(err, io.EOF) && !strings.Contains(err.Error(), "reset") {
+		t.Fatalf("after the close handshake: %v, want the connection closed within a second", err)
+	}
+}
+
+// A peer that never answers the close is dropped after the grace period,
+// and one that keeps sending data frames gets nothing back but the close.
+func TestCloseWithoutAnswer(t *testing.T) {
+	e := newEnv(t, broker.Options{})
+	tok, _ := expiringToken(t, "mute", 500*time.Millisecond)
+	s := e.rawDial(t, tok)
+	for {
+		op, _, err := s.next(5 * time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if op == 0x8 {
+			break
+		}
+	}
+	start := time.Now()
+	if _, _, err := s.next(5 * time.Second); err == nil || errors.Is(err, net.ErrClosed) {
+		t.Fatalf("read after close: %v, want the server to end the connection", err)
+	}
+	if d := time.Since(start); d < time.Second || d > 4*time.Second {
+		t.Fatalf("server dropped the silent peer after %v, want about 2s", d)
+	}
+}
