@@ -161,3 +161,29 @@ func TestCloseWithoutAnswer(t *testing.T) {
 		t.Fatalf("server dropped the silent peer after %v, want about 2s", d)
 	}
 }
+
+// An upgrade that gws refuses (here a wrong WebSocket version, past every
+// check of chatd's own) still gets gws's answer: the response held back
+// for the welcome is written when the connection closes instead.
+func TestRefusedUpgradeIsAnswered(t *testing.T) {
+	e := newEnv(t, broker.Options{})
+	nc, err := net.Dial("tcp", e.srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	req := "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n" +
+		"Sec-WebSocket-Version: 12\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n" +
+		"Authorization: Bearer " + e.token("old") + "\r\n\r\n"
+	if _, err := nc.Write([]byte(req)); err != nil {
+		t.Fatal(err)
+	}
+	_ = nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(nc), nil)
+	if err != nil {
+		t.Fatalf("no answer to a refused upgrade: %v", err)
+	}
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("status %d, want 400", resp.StatusCode)
+	}
+}

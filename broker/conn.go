@@ -3,6 +3,7 @@ package broker
 import (
 	"net"
 	"sync/atomic"
+	"time"
 )
 
 // sockConn is the connection as gws sees it. chatd writes every frame of
@@ -12,15 +13,58 @@ import (
 // frame, nothing may follow it (RFC 6455 5.5.1), so from then on gws's
 // writes are dropped here. That is what lets chatd send its close and
 // simply wait for the peer's answer, with no half-close in between.
+//
+// During the upgrade it also holds back gws's 101 response, so that the
+// response and the welcome frame reach the client in one write: one
+// syscall and one wakeup of the client fewer per handshake.
 type sockConn struct {
 	net.Conn
 	closeSent atomic.Bool // chatd's close frame is written or on its way
+
+	// Touched only by the handshake goroutine, before the read loop starts.
+	upgrading bool
+	response  []byte // what gws wrote while upgrading
 }
 
 // Write implements net.Conn for gws's own writes.
 func (c *sockConn) Write(p []byte) (int, error) {
+	if c.upgrading {
+		c.response = append(c.response, p...)
+		return len(p), nil
+	}
 	if c.closeSent.Load() {
 		return len(p), nil
 	}
 	return c.Conn.Write(p)
+}
+
+// SetDeadline implements net.Conn. gws brackets its 101 response with a
+// deadline and its removal; held back, the response needs neither (the
+// outbox sets its own write deadline, and start the read deadline).
+func (c *sockConn) SetDeadline(t time.Time) error {
+	if c.upgrading {
+		return nil
+	}
+	return c.Conn.SetDeadline(t)
+}
+
+// Close implements net.Conn. A refused upgrade still gets gws's answer.
+func (c *sockConn) Close() error {
+	if c.upgrading {
+		c.upgrading = false
+		if len(c.response) > 0 {
+			_ = c.Conn.SetWriteDeadline(time.Now().Add(time.Second))
+			_, _ = c.Conn.Write(c.response)
+		}
+	}
+	return c.Conn.Close()
+}
+
+// upgraded ends the upgrade and returns the response gws wrote, for the
+// caller to send ahead of the welcome.
+func (c *sockConn) upgraded() []byte {
+	c.upgrading = false
+	r := c.response
+	c.response = nil
+	return r
 }

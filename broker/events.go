@@ -12,9 +12,10 @@ import (
 const General = "general"
 
 // start makes a freshly upgraded socket live: the registry, the general
-// room and the expiry wheel, and the welcome as its first frame. It runs
-// before the read loop, so every request finds the socket in place.
-func (b *Broker) start(s *Session, c *authn.Claims) {
+// room and the expiry wheel, and the welcome as its first frame, written
+// together with response (the upgrade's 101, held back until now). It
+// runs before the read loop, so every request finds the socket in place.
+func (b *Broker) start(s *Session, c *authn.Claims, response []byte) {
 	now := time.Now()
 	s.lastRead = now
 	_ = s.conn.SetReadDeadline(now.Add(b.opts.IdleTimeout))
@@ -27,7 +28,9 @@ func (b *Broker) start(s *Session, c *authn.Claims) {
 	// frames queued meanwhile (presence, a close) wait behind it, and no
 	// flusher goroutine is started per handshake.
 	s.out.hold()
-	defer s.out.release(textFrame(welcomeFrame{Type: "welcome", User: s.name, Session: s.id, Exp: c.Expiry().Unix(), Rooms: rooms}))
+	defer func() {
+		s.out.release(response, textFrame(welcomeFrame{Type: "welcome", User: s.name, Session: s.id, Exp: c.Expiry().Unix(), Rooms: rooms}))
+	}()
 	b.registry.add(s, c.ID)
 	b.metrics.sockets.Inc()
 	s.schedule(c.Expiry())

@@ -65,7 +65,7 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		b.metrics.handshakes.WithLabelValues("bad_handshake").Inc()
 		return
 	}
-	sc := &sockConn{Conn: nc}
+	sc := &sockConn{Conn: nc, upgrading: true}
 	br := brw.Reader
 	if br.Buffered() == 0 {
 		// net/http's reader is 4 KiB; the socket keeps its reader for life,
@@ -81,7 +81,7 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	b.metrics.handshakes.WithLabelValues("ok").Inc()
 	s := b.newSession(conn, sc, claims)
 	conn.Session().(*sessionSlot).s = s
-	b.start(s, claims)
+	b.start(s, claims, sc.upgraded())
 	// ReadLoop runs the session's whole life on its own goroutine; holding
 	// the handler goroutine instead would pin the request's memory.
 	go conn.ReadLoop()

@@ -183,11 +183,15 @@ func (o *outbox) hold() {
 	o.mu.Unlock()
 }
 
-// release writes first on the calling goroutine and hands the writing
-// back: to a flusher goroutine if frames queued since hold, else to the
-// next push.
-func (o *outbox) release(first []byte) {
-	if err := o.write([][]byte{first}); err != nil {
+// release writes first (the bytes that must lead: the upgrade response,
+// the welcome) on the calling goroutine, in one write, and hands the
+// writing back: to a flusher goroutine if frames queued since hold, else
+// to the next push.
+func (o *outbox) release(first ...[]byte) {
+	if len(first) > 0 && len(first[0]) == 0 {
+		first = first[1:]
+	}
+	if err := o.write(first); err != nil {
 		o.fail()
 		return
 	}
