@@ -9,17 +9,21 @@ import (
 // sockConn is the connection as gws sees it. chatd writes every frame of
 // its own through the socket's outbox, on the connection underneath; gws
 // writes only close frames of its own: the echo of the peer's close, or a
-// close for a protocol error it found. Once chatd has sent its close
-// frame, nothing may follow it (RFC 6455 5.5.1), so from then on gws's
-// writes are dropped here. That is what lets chatd send its close and
-// simply wait for the peer's answer, with no half-close in between.
+// close for a protocol error it found (or after a read error).
+//
+// Nothing may follow a close frame (RFC 6455 5.5.1), and chatd's close and
+// gws's can be due at the same moment (a token expires as the peer says
+// goodbye). So whichever is about to be written first claims the close,
+// and the other is never written: gws's is dropped here, chatd's by the
+// outbox. That is also what lets chatd send its close and simply wait for
+// the peer's answer, with no half-close in between.
 //
 // During the upgrade it also holds back gws's 101 response, so that the
 // response and the welcome frame reach the client in one write: one
 // syscall and one wakeup of the client fewer per handshake.
 type sockConn struct {
 	net.Conn
-	closeSent atomic.Bool // chatd's close frame is written or on its way
+	closeClaimed atomic.Bool // a close frame has been (or is being) written
 
 	// Touched only by the handshake goroutine, before the read loop starts.
 	upgrading bool
@@ -32,11 +36,15 @@ func (c *sockConn) Write(p []byte) (int, error) {
 		c.response = append(c.response, p...)
 		return len(p), nil
 	}
-	if c.closeSent.Load() {
-		return len(p), nil
+	if !c.claimClose() {
+		return len(p), nil // chatd's close went first
 	}
 	return c.Conn.Write(p)
 }
+
+// claimClose reports whether the caller may write the connection's close
+// frame: true once only.
+func (c *sockConn) claimClose() bool { return c.closeClaimed.CompareAndSwap(false, true) }
 
 // SetDeadline implements net.Conn. gws brackets its 101 response with a
 // deadline and its removal; held back, the response needs neither (the

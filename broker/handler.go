@@ -57,6 +57,7 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	hj, ok := w.(http.Hijacker)
 	if !ok {
+		b.metrics.handshakes.WithLabelValues("bad_handshake").Inc()
 		authn.WriteError(w, http.StatusInternalServerError, "internal_error", "this connection cannot be upgraded")
 		return
 	}

@@ -14,10 +14,12 @@ import (
 // gws's own async queue has no bound (notes/gws.md); this one counts bytes
 // and tells the caller when a socket is too slow to keep.
 type outbox struct {
-	conn     net.Conn
+	conn     net.Conn      // where frames are written
+	sock     *sockConn     // conn as gws sees it: who writes the close frame
 	limit    int           // bytes queued before the socket counts as slow
 	timeout  time.Duration // deadline of each write
 	deadline time.Time     // the write deadline last set by the flusher
+	claimed  bool          // the close frame is ours to write; see claimClose
 
 	mu       sync.Mutex
 	queue    [][]byte
@@ -77,6 +79,10 @@ func (o *outbox) closeNow(closeFn func(), frames ...[]byte) {
 	o.flushing, o.closing = true, closeFn // later pushes are dropped
 	o.mu.Unlock()
 
+	if !o.claimClose() {
+		o.fail() // gws's close went first; see flush
+		return
+	}
 	rest, err := o.writeNoWait(frames)
 	if err != nil {
 		o.fail()
@@ -98,6 +104,16 @@ func (o *outbox) closeNow(closeFn func(), frames ...[]byte) {
 	o.bytes += len(rest)
 	o.mu.Unlock()
 	go o.flush()
+}
+
+// claimClose reports whether this outbox may write the connection's close
+// frame (see sockConn): whether it has claimed it, or claims it now. Only
+// the goroutine that owns the writes calls it.
+func (o *outbox) claimClose() bool {
+	if !o.claimed {
+		o.claimed = o.sock == nil || o.sock.claimClose()
+	}
+	return o.claimed
 }
 
 // enqueueLocked appends frames unless the outbox is dead or closing, sets
@@ -160,8 +176,18 @@ func (o *outbox) flush() {
 		batch := o.queue
 		o.queue = o.spare[:0]
 		o.bytes = 0
+		// Once closing, nothing is queued after the close frames: this
+		// batch ends with them.
+		last := o.closing != nil
 		o.mu.Unlock()
 
+		if last && !o.claimClose() {
+			// gws has written a close of its own (and closes the
+			// connection): nothing may follow it.
+			clear(batch)
+			o.fail()
+			return
+		}
 		err := o.write(batch)
 
 		clear(batch) // drop references to shared frames
@@ -203,6 +229,13 @@ func (o *outbox) release(first ...[]byte) {
 	}
 	o.mu.Unlock()
 	go o.flush()
+}
+
+// gone reports whether the connection has ended.
+func (o *outbox) gone() bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.dead
 }
 
 // queued returns the bytes waiting behind the write in flight.

@@ -105,7 +105,7 @@ func (b *Broker) newSession(conn *gws.Conn, sock *sockConn, c *authn.Claims) *Se
 		limiter: rate.NewLimiter(rate.Limit(b.opts.RateLimit), max(1, int(2*b.opts.RateLimit))),
 		jtis:    []string{c.ID},
 	}
-	s.out = outbox{conn: sock.Conn, limit: b.opts.SendQueueBytes, timeout: b.opts.WriteTimeout}
+	s.out = outbox{conn: sock.Conn, sock: sock, limit: b.opts.SendQueueBytes, timeout: b.opts.WriteTimeout}
 	s.expire = wheel.NewTimer(s.onExpire)
 	s.warn = wheel.NewTimer(s.onWarn)
 	return s
@@ -161,10 +161,9 @@ func closeReasons() map[uint16]string {
 // goroutine at once; without, they go out after the backlog. Only the
 // first close counts; it reports whether this one was it.
 func (s *Session) close(code uint16, drop bool, last []byte) bool {
-	if !s.closedCode.CompareAndSwap(0, uint32(code)) {
-		return false
+	if s.out.gone() || !s.closedCode.CompareAndSwap(0, uint32(code)) {
+		return false // already gone (a timer that fired as it closed), or closing
 	}
-	s.sock.closeSent.Store(true) // gws must not write a close of its own after ours
 	b := s.broker
 	b.metrics.closes.WithLabelValues(strconv.Itoa(int(code))).Inc()
 	bye := b.closeFrames[code]

@@ -1,11 +1,11 @@
-//go:build !linux
+//go:build !linux || !(amd64 || arm64)
 
 package load
 
 import "net"
 
-// withArrival returns c: receive timestamps are read on Linux only, and
-// elsewhere arrival times are read times.
+// withArrival returns c: receive timestamps are read on 64-bit Linux
+// only, and elsewhere arrival times are read times.
 func withArrival(c net.Conn) net.Conn { return c }
 
 // arrivalOf returns 0: no receive timestamps here.

@@ -1,3 +1,5 @@
+//go:build linux && (amd64 || arm64)
+
 package load
 
 import (
@@ -46,11 +48,18 @@ func withArrival(c net.Conn) net.Conn {
 
 // Read implements net.Conn, deadlines included (RawConn.Read honours them).
 func (c *arrivalConn) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
 	var n, oobn int
 	var rerr error
 	err := c.raw.Read(func(fd uintptr) bool {
-		n, oobn, _, _, rerr = syscall.Recvmsg(int(fd), p, c.oob[:], 0)
-		return rerr != syscall.EAGAIN
+		for {
+			n, oobn, _, _, rerr = syscall.Recvmsg(int(fd), p, c.oob[:], 0)
+			if rerr != syscall.EINTR {
+				return rerr != syscall.EAGAIN
+			}
+		}
 	})
 	if err == nil {
 		err = rerr
@@ -68,7 +77,7 @@ func (c *arrivalConn) Read(p []byte) (int, error) {
 // stampOf finds SCM_TIMESTAMPNS in a control message buffer, without the
 // allocations of syscall.ParseSocketControlMessage; the read time if absent.
 func stampOf(oob []byte) int64 {
-	const hdr = syscall.SizeofCmsghdr // 64-bit: len uint64, level int32, type int32
+	const hdr = syscall.SizeofCmsghdr // 64-bit (see the build line): len uint64, level int32, type int32
 	for len(oob) >= hdr {
 		size := int(binary.NativeEndian.Uint64(oob[0:8]))
 		level := int32(binary.NativeEndian.Uint32(oob[8:12]))
