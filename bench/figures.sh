@@ -59,7 +59,7 @@ median() { # NAME JQ-EXPR
 }
 
 figures=("$@")
-[ ${#figures[@]} -eq 0 ] && figures=(fanout paced connect memory expiry expiry9)
+[ ${#figures[@]} -eq 0 ] && figures=(fanout paced paced-read connect memory expiry expiry-linger0 expiry9)
 for fig in "${figures[@]}"; do
 	case $fig in
 	fanout)
@@ -71,6 +71,11 @@ for fig in "${figures[@]}"; do
 		bench paced paced --sockets 1000 --rate 100 --senders 10 --size 64 --duration 20s
 		echo "paced 100 msg/s into 1000: p50 $(median paced .messages.p50_ms) ms, p99 $(median paced .messages.p99_ms) ms," \
 			"lost $(median paced .messages.lost)"
+		;;
+	paced-read) # the same, timed when chatbench reads each frame (--clock read)
+		bench paced-read paced --sockets 1000 --rate 100 --senders 10 --size 64 --duration 20s --clock read
+		echo "paced, read clock: p50 $(median paced-read .messages.p50_ms) ms, p99 $(median paced-read .messages.p99_ms) ms," \
+			"lost $(median paced-read .messages.lost)"
 		;;
 	connect)
 		bench connect connect --sockets 9000 --concurrency 128
@@ -87,12 +92,19 @@ for fig in "${figures[@]}"; do
 	expiry9)
 		bench expiry9 expiry --sockets 9000 --spread 9s
 		echo "expiry 9000 over 9 s: lateness p50 $(median expiry9 .expiry.p50_ms) ms, p99 $(median expiry9 .expiry.p99_ms) ms," \
-			"max $(median expiry9 .expiry.max_ms) ms, early $(median expiry9 .expiry.early)"
+			"max $(median expiry9 .expiry.max_ms) ms, early $(median expiry9 .expiry.early);" \
+			"when read: p99 $(median expiry9 .expiry.read_p99_ms) ms"
+		;;
+	expiry-linger0) # clients answer the close at once: their teardown competes
+		bench expiry0 expiry --sockets 9000 --spread 3s --linger 0
+		echo "expiry 9000, --linger 0: lateness p50 $(median expiry0 .expiry.p50_ms) ms, p99 $(median expiry0 .expiry.p99_ms) ms," \
+			"max $(median expiry0 .expiry.max_ms) ms, early $(median expiry0 .expiry.early); when read: p99 $(median expiry0 .expiry.read_p99_ms) ms"
 		;;
 	expiry)
 		bench expiry expiry --sockets 9000 --spread 3s
 		echo "expiry 9000: lateness p50 $(median expiry .expiry.p50_ms) ms, p99 $(median expiry .expiry.p99_ms) ms," \
-			"max $(median expiry .expiry.max_ms) ms, early $(median expiry .expiry.early)"
+			"max $(median expiry .expiry.max_ms) ms, early $(median expiry .expiry.early);" \
+			"when read: p99 $(median expiry .expiry.read_p99_ms) ms"
 		;;
 	plots)
 		mkdir -p "${PLOTS:=$OUT}"
@@ -106,7 +118,7 @@ for fig in "${figures[@]}"; do
 		echo "plots in $PLOTS"
 		;;
 	*)
-		echo "unknown figure $fig (fanout, paced, connect, memory, expiry, expiry9, plots)" >&2
+		echo "unknown figure $fig (fanout, paced, paced-read, connect, memory, expiry, expiry-linger0, expiry9, plots)" >&2
 		exit 2
 		;;
 	esac

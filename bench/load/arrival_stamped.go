@@ -22,8 +22,14 @@ import (
 type arrivalConn struct {
 	*net.TCPConn
 	raw  syscall.RawConn
+	recv func(fd uintptr) bool // c.recvmsg, bound once
 	oob  [64]byte
 	last int64 // unix ns of the last read's data; only the read loop touches it
+
+	// The read in progress, for recv (only the read loop reads).
+	p       []byte
+	n, oobn int
+	err     error
 }
 
 // withArrival turns on receive timestamps for c. It returns c unchanged
@@ -43,7 +49,9 @@ func withArrival(c net.Conn) net.Conn {
 	}); err != nil || serr != nil {
 		return c
 	}
-	return &arrivalConn{TCPConn: tc, raw: raw}
+	ac := &arrivalConn{TCPConn: tc, raw: raw}
+	ac.recv = ac.recvmsg
+	return ac
 }
 
 // Read implements net.Conn, deadlines included (RawConn.Read honours them).
@@ -51,27 +59,31 @@ func (c *arrivalConn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	var n, oobn int
-	var rerr error
-	err := c.raw.Read(func(fd uintptr) bool {
-		for {
-			n, oobn, _, _, rerr = syscall.Recvmsg(int(fd), p, c.oob[:], 0)
-			if rerr != syscall.EINTR {
-				return rerr != syscall.EAGAIN
-			}
-		}
-	})
+	c.p = p
+	err := c.raw.Read(c.recv)
+	c.p = nil
 	if err == nil {
-		err = rerr
+		err = c.err
 	}
 	if err != nil {
 		return 0, err
 	}
-	if n == 0 && len(p) > 0 {
+	if c.n == 0 {
 		return 0, io.EOF
 	}
-	c.last = stampOf(c.oob[:oobn])
-	return n, nil
+	c.last = stampOf(c.oob[:c.oobn])
+	return c.n, nil
+}
+
+// recvmsg is RawConn.Read's callback; recv binds it once per connection,
+// as a closure per read would be an allocation per frame under fan-out.
+func (c *arrivalConn) recvmsg(fd uintptr) bool {
+	for {
+		c.n, c.oobn, _, _, c.err = syscall.Recvmsg(int(fd), c.p, c.oob[:], 0)
+		if c.err != syscall.EINTR {
+			return c.err != syscall.EAGAIN
+		}
+	}
 }
 
 // stampOf finds SCM_TIMESTAMPNS in a control message buffer, without the

@@ -453,6 +453,12 @@ func orchestrate(ctx context.Context, o *options, stderr io.Writer) (*summary, e
 			progressbar.OptionOnCompletion(func() { fmt.Fprintln(stderr) }),
 		)
 	}
+	var probe *load.Probe
+	defer func() {
+		if probe != nil {
+			probe.Stop()
+		}
+	}()
 	ready := 0
 	results := make([]*result, 0, len(runners))
 	var failures []string
@@ -489,6 +495,9 @@ func orchestrate(ctx context.Context, o *options, stderr io.Writer) (*summary, e
 				memAfter, _ = scrapeMemory(base)
 				memBefore.after = &memAfter
 			}
+			if o.cmd == "expiry" && o.secret != "" {
+				probe = o.startProbe(stderr)
+			}
 			at := time.Now().Add(100 * time.Millisecond)
 			if !o.quiet && o.cmd != "connect" {
 				fmt.Fprintf(stderr, "%s: running for %v\n", o.cmd, o.warmupFor()+o.runFor())
@@ -510,7 +519,34 @@ func orchestrate(ctx context.Context, o *options, stderr io.Writer) (*summary, e
 			memBefore.after = &after
 		}
 	}
-	return summarize(o, results, memBefore), nil
+	s := summarize(o, results, memBefore)
+	if probe != nil && s.Expiry != nil {
+		lat := probe.Stop()
+		probe = nil
+		s.Expiry.Other = &otherTraffic{Messages: lat.Count(), P50: lat.Quantile(50), P99: lat.Quantile(99), Max: lat.MaxMs()}
+	}
+	return s, nil
+}
+
+// startProbe opens two more sockets that chat in a room of their own, a
+// message every 5 ms, while the expiry run closes the others: does a burst
+// of closes hold other traffic back? It needs --secret (two more tokens).
+func (o *options) startProbe(stderr io.Writer) *load.Probe {
+	var tokens [2]string
+	for i := range tokens {
+		t, err := load.Mint([]byte(o.secret), load.UserName(o.userPrefix+"probe-", i), time.Now().Add(o.limit+time.Minute))
+		if err != nil {
+			fmt.Fprintf(stderr, "probe: %v\n", err)
+			return nil
+		}
+		tokens[i] = t
+	}
+	p, err := load.StartProbe(&load.Dialer{URL: o.url, ReadClock: o.clock == "read"}, tokens[0], tokens[1], o.userPrefix+"probe", 5*time.Millisecond)
+	if err != nil {
+		fmt.Fprintf(stderr, "probe: %v\n", err)
+		return nil
+	}
+	return p
 }
 
 func (o *options) warmupFor() time.Duration {

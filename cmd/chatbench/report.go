@@ -76,6 +76,16 @@ type expirySummary struct {
 	ReadP50 float64 `json:"read_p50_ms"`
 	ReadP99 float64 `json:"read_p99_ms"`
 	ReadMax float64 `json:"read_max_ms"`
+	// Other is the latency of two sockets chatting meanwhile (with --secret).
+	Other *otherTraffic `json:"other_traffic,omitempty"`
+}
+
+// otherTraffic is the latency of a load.Probe's messages.
+type otherTraffic struct {
+	Messages int64   `json:"messages"`
+	P50      float64 `json:"p50_ms"`
+	P99      float64 `json:"p99_ms"`
+	Max      float64 `json:"max_ms"`
 }
 
 type memorySummary struct {
@@ -240,6 +250,9 @@ func printTable(w io.Writer, s *summary) {
 		row("still open", fmt.Sprint(e.StillOpen))
 		row("lateness p50/p99/max", fmt.Sprintf("%.2f / %.2f / %.2f ms", e.P50, e.P99, e.Max))
 		row("  when read p50/p99/max", fmt.Sprintf("%.2f / %.2f / %.2f ms", e.ReadP50, e.ReadP99, e.ReadMax))
+		if t := e.Other; t != nil {
+			row("other traffic p50/p99/max", fmt.Sprintf("%.2f / %.2f / %.2f ms (%d messages)", t.P50, t.P99, t.Max, t.Messages))
+		}
 	}
 	if m := s.Server; m != nil {
 		row("server RSS before/after", fmt.Sprintf("%.1f / %.1f MiB", m.RSSBefore/(1<<20), m.RSSAfter/(1<<20)))
