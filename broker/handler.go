@@ -68,9 +68,10 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	sc := &sockConn{Conn: nc, upgrading: true}
 	br := brw.Reader
-	if br.Buffered() == 0 {
+	if br.Size() > readBufferSize && br.Buffered() == 0 {
 		// net/http's reader is 4 KiB; the socket keeps its reader for life,
 		// so it gets a small one unless frames arrived with the request.
+		// (Listener's is small already.)
 		br = bufio.NewReaderSize(sc, readBufferSize)
 	}
 	conn, err := upgrader.UpgradeFromConn(sc, br, r)

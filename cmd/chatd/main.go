@@ -131,7 +131,9 @@ func serve(cfg Config, log zerolog.Logger) error {
 		Str("history", cfg.History).Msg("chatd listening")
 
 	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
+	// Upgrade requests are served by the broker's listener directly; the
+	// http.Server gets every other connection.
+	go func() { served <- srv.Serve(broker.NewListener(ln, a.handler, srv.ReadHeaderTimeout)) }()
 	select {
 	case err := <-served:
 		a.close()

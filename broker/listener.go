@@ -1,0 +1,204 @@
+package broker
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// Listener serves the WebSocket upgrade without net/http's connection
+// machinery, and hands every other connection to an http.Server.
+//
+// A connection whose first request is GET /ws is read here: the request is
+// parsed with http.ReadRequest into the small reader the socket keeps for
+// life, and served by the same handler as everything else (access log and
+// all) through a minimal ResponseWriter. net/http would have spent, per
+// handshake, a connection struct, a 4 KiB reader, a 4 KiB writer and the
+// 4 KiB writer Hijack makes: all garbage once the socket is upgraded, and
+// at thousands of handshakes a second, collecting it (and scanning the
+// open sockets' stacks each time) was a fifth of chatd's CPU.
+//
+// Any other connection goes, with the bytes already read, to whoever
+// calls Accept: the http.Server. So does a /ws request that comes after
+// others on a kept-alive connection; the handler serves both paths.
+type Listener struct {
+	net.Listener
+	handler http.Handler
+	timeout time.Duration // to read the request line and headers
+
+	conns chan net.Conn
+	done  chan struct{}
+	once  sync.Once
+	err   error // why the accept loop ended, once done is closed
+}
+
+// NewListener starts accepting on ln. h serves the upgrade requests it
+// takes; headerTimeout bounds reading them (as http.Server's
+// ReadHeaderTimeout does).
+func NewListener(ln net.Listener, h http.Handler, headerTimeout time.Duration) *Listener {
+	l := &Listener{Listener: ln, handler: h, timeout: headerTimeout, conns: make(chan net.Conn), done: make(chan struct{})}
+	go l.acceptLoop()
+	return l
+}
+
+// Accept implements net.Listener: the next connection that is not an
+// upgrade.
+func (l *Listener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.done:
+		return nil, l.err
+	}
+}
+
+// Close implements net.Listener.
+func (l *Listener) Close() error {
+	err := l.Listener.Close()
+	<-l.done
+	return err
+}
+
+func (l *Listener) acceptLoop() {
+	var delay time.Duration
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				// Out of file descriptors and the like: back off as
+				// http.Server does, rather than spin.
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				time.Sleep(delay)
+				continue
+			}
+			l.err = err
+			close(l.done)
+			return
+		}
+		delay = 0
+		go l.route(c)
+	}
+}
+
+// upgradePrefix is how an upgrade request starts ("GET /ws " or "GET /ws?").
+var upgradePrefix = []byte("GET /ws")
+
+// route serves c's first request here if it is GET /ws, else hands c over.
+func (l *Listener) route(c net.Conn) {
+	_ = c.SetReadDeadline(time.Now().Add(l.timeout))
+	br := bufio.NewReaderSize(c, readBufferSize)
+	head, _ := br.Peek(len(upgradePrefix) + 1)
+	if len(head) == len(upgradePrefix)+1 && bytes.HasPrefix(head, upgradePrefix) && (head[len(head)-1] == ' ' || head[len(head)-1] == '?') {
+		l.serveUpgrade(c, br)
+		return
+	}
+	_ = c.SetReadDeadline(time.Time{}) // the http.Server sets its own
+	select {
+	case l.conns <- &replayConn{Conn: c, r: br}:
+	case <-l.done:
+		c.Close()
+	}
+}
+
+// replayConn is a connection whose first bytes were read into r.
+type replayConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+// Read implements net.Conn: the bytes already read, then the connection.
+func (c *replayConn) Read(p []byte) (int, error) {
+	if c.r != nil {
+		if c.r.Buffered() > 0 {
+			return c.r.Read(p)
+		}
+		c.r = nil
+	}
+	return c.Conn.Read(p)
+}
+
+// serveUpgrade serves one request and keeps the connection only if the
+// handler hijacked it.
+func (l *Listener) serveUpgrade(c net.Conn, br *bufio.Reader) {
+	r, err := http.ReadRequest(br)
+	if err != nil {
+		_, _ = c.Write([]byte("HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n400 Bad Request"))
+		c.Close()
+		return
+	}
+	r.RemoteAddr = c.RemoteAddr().String()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	r = r.WithContext(ctx)
+	w := &upgradeResponse{conn: c, br: br, header: make(http.Header)}
+	l.handler.ServeHTTP(w, r)
+	if !w.hijacked {
+		w.finish()
+		c.Close()
+	}
+}
+
+// upgradeResponse is the ResponseWriter of serveUpgrade: it answers a
+// refused upgrade (status, headers, a short body) and closes, or hands
+// the connection over.
+type upgradeResponse struct {
+	conn     net.Conn
+	br       *bufio.Reader
+	header   http.Header
+	status   int
+	body     bytes.Buffer
+	hijacked bool
+}
+
+// Header implements http.ResponseWriter.
+func (w *upgradeResponse) Header() http.Header { return w.header }
+
+// WriteHeader implements http.ResponseWriter.
+func (w *upgradeResponse) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+}
+
+// Write implements http.ResponseWriter.
+func (w *upgradeResponse) Write(p []byte) (int, error) {
+	w.WriteHeader(http.StatusOK)
+	return w.body.Write(p)
+}
+
+// Hijack implements http.Hijacker. The reader holds what the client sent
+// after the request, and is small enough for the socket to keep; there is
+// no buffered writer (the broker writes through its outbox).
+func (w *upgradeResponse) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	if w.hijacked {
+		return nil, nil, http.ErrHijacked
+	}
+	w.hijacked = true
+	_ = w.conn.SetDeadline(time.Time{})
+	return w.conn, bufio.NewReadWriter(w.br, nil), nil
+}
+
+// finish writes the response of a request that was not upgraded.
+func (w *upgradeResponse) finish() {
+	w.WriteHeader(http.StatusOK)
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "HTTP/1.1 %d %s\r\n", w.status, http.StatusText(w.status))
+	w.header.Set("Content-Length", strconv.Itoa(w.body.Len()))
+	w.header.Set("Connection", "close")
+	if w.header.Get("Date") == "" {
+		w.header.Set("Date", time.Now().UTC().Format(http.TimeFormat))
+	}
+	_ = w.header.Write(&b)
+	b.WriteString("\r\n")
+	b.Write(w.body.Bytes())
+	_ = w.conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	_, _ = w.conn.Write(b.Bytes())
+}
