@@ -2,6 +2,7 @@ package broker
 
 import (
 	"net"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -24,6 +25,9 @@ import (
 type sockConn struct {
 	net.Conn
 	closeClaimed atomic.Bool // a close frame has been (or is being) written
+	// mu orders gws's close against the outbox's writes: no frame of
+	// chatd's may follow a close frame gws has written.
+	mu sync.Mutex
 
 	// Touched only by the handshake goroutine, before the read loop starts.
 	upgrading bool
@@ -36,6 +40,8 @@ func (c *sockConn) Write(p []byte) (int, error) {
 		c.response = append(c.response, p...)
 		return len(p), nil
 	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	if !c.claimClose() {
 		return len(p), nil // chatd's close went first
 	}

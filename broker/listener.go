@@ -6,8 +6,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/http"
+	"os"
+	"runtime/debug"
 	"strconv"
 	"sync"
 	"time"
@@ -71,10 +74,10 @@ func (l *Listener) acceptLoop() {
 	for {
 		c, err := l.Listener.Accept()
 		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				// Out of file descriptors and the like: back off as
-				// http.Server does, rather than spin.
+			if !errors.Is(err, net.ErrClosed) {
+				// Out of file descriptors, a connection reset before it
+				// was accepted and the like: back off as http.Server
+				// does, rather than spin or stop serving.
 				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
 				time.Sleep(delay)
 				continue
@@ -93,16 +96,20 @@ var upgradePrefix = []byte("GET /ws")
 
 // route serves c's first request here if it is GET /ws, else hands c over.
 func (l *Listener) route(c net.Conn) {
-	_ = c.SetReadDeadline(time.Now().Add(l.timeout))
-	br := bufio.NewReaderSize(c, readBufferSize)
+	if l.timeout > 0 {
+		_ = c.SetReadDeadline(time.Now().Add(l.timeout))
+	}
+	limited := &headerLimit{Conn: c, left: maxHeaderBytes}
+	br := bufio.NewReaderSize(limited, readBufferSize)
 	head, _ := br.Peek(len(upgradePrefix) + 1)
 	if len(head) == len(upgradePrefix)+1 && bytes.HasPrefix(head, upgradePrefix) && (head[len(head)-1] == ' ' || head[len(head)-1] == '?') {
-		l.serveUpgrade(c, br)
+		l.serveUpgrade(c, br, limited)
 		return
 	}
-	_ = c.SetReadDeadline(time.Time{}) // the http.Server sets its own
+	limited.lift()                     // the http.Server has its own limit
+	_ = c.SetReadDeadline(time.Time{}) // and its own deadlines
 	select {
-	case l.conns <- &replayConn{Conn: c, r: br}:
+	case l.conns <- &replayConn{Conn: limited, r: br}:
 	case <-l.done:
 		c.Close()
 	}
@@ -113,6 +120,49 @@ type replayConn struct {
 	net.Conn
 	r *bufio.Reader
 }
+
+// NetConn returns the connection underneath, for writes: the broker's
+// outbox needs its writev and file descriptor.
+func (c *replayConn) NetConn() net.Conn { return c.Conn.(*headerLimit).Conn }
+
+// CloseWrite lets net/http close a connection gracefully (its lingering
+// close after an early error response).
+func (c *replayConn) CloseWrite() error {
+	if cw, ok := c.NetConn().(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+// maxHeaderBytes bounds an upgrade request's line and headers, as
+// http.Server's MaxHeaderBytes (16 KiB in chatd) does for the rest;
+// http.ReadRequest alone reads headers of any size.
+const maxHeaderBytes = 20 << 10
+
+// headerLimit is the reader under a connection's bufio.Reader: it refuses
+// more than left bytes until lifted.
+type headerLimit struct {
+	net.Conn
+	left int64
+}
+
+var errHeaderTooLarge = errors.New("request header too large")
+
+// Read implements net.Conn.
+func (h *headerLimit) Read(p []byte) (int, error) {
+	if h.left <= 0 {
+		return 0, errHeaderTooLarge
+	}
+	if int64(len(p)) > h.left {
+		p = p[:h.left]
+	}
+	n, err := h.Conn.Read(p)
+	h.left -= int64(n)
+	return n, err
+}
+
+// lift removes the limit: the request has been read.
+func (h *headerLimit) lift() { h.left = math.MaxInt64 }
 
 // Read implements net.Conn: the bytes already read, then the connection.
 func (c *replayConn) Read(p []byte) (int, error) {
@@ -127,10 +177,16 @@ func (c *replayConn) Read(p []byte) (int, error) {
 
 // serveUpgrade serves one request and keeps the connection only if the
 // handler hijacked it.
-func (l *Listener) serveUpgrade(c net.Conn, br *bufio.Reader) {
+func (l *Listener) serveUpgrade(c net.Conn, br *bufio.Reader, limited *headerLimit) {
 	r, err := http.ReadRequest(br)
+	limited.lift()
 	if err != nil {
-		_, _ = c.Write([]byte("HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n400 Bad Request"))
+		status := "400 Bad Request"
+		if errors.Is(err, errHeaderTooLarge) {
+			status = "431 Request Header Fields Too Large"
+		}
+		_ = c.SetWriteDeadline(time.Now().Add(time.Second))
+		_, _ = c.Write([]byte("HTTP/1.1 " + status + "\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n" + status))
 		c.Close()
 		return
 	}
@@ -139,11 +195,18 @@ func (l *Listener) serveUpgrade(c net.Conn, br *bufio.Reader) {
 	defer cancel()
 	r = r.WithContext(ctx)
 	w := &upgradeResponse{conn: c, br: br, header: make(http.Header)}
+	defer func() {
+		// As net/http does: a handler's panic ends its connection, not
+		// the server. (gws recovers the socket's own callbacks.)
+		if v := recover(); v != nil && v != http.ErrAbortHandler {
+			fmt.Fprintf(os.Stderr, "chatd: panic serving %s: %v\n%s", r.RemoteAddr, v, debug.Stack())
+		}
+		if !w.hijacked {
+			w.finish()
+			c.Close()
+		}
+	}()
 	l.handler.ServeHTTP(w, r)
-	if !w.hijacked {
-		w.finish()
-		c.Close()
-	}
 }
 
 // upgradeResponse is the ResponseWriter of serveUpgrade: it answers a

@@ -120,3 +120,27 @@ func TestListenerBadRequest(t *testing.T) {
 		nc.Close()
 	}
 }
+
+// Headers past the limit are refused with 431, not read into memory.
+func TestListenerHeaderLimit(t *testing.T) {
+	_, addr := listenerEnv(t)
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	go func() {
+		_, _ = io.WriteString(nc, "GET /ws HTTP/1.1\r\nHost: x\r\n")
+		line := "X-Filler: " + strings.Repeat("a", 1000) + "\r\n"
+		for range 100 {
+			if _, err := io.WriteString(nc, line); err != nil {
+				return
+			}
+		}
+	}()
+	_ = nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(nc), nil)
+	if err != nil || resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Fatalf("%v %v, want 431", resp, err)
+	}
+}

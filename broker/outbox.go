@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"errors"
 	"net"
 	"sync"
 	"time"
@@ -231,6 +232,9 @@ func (o *outbox) release(first ...[]byte) {
 	go o.flush()
 }
 
+// errClosedByPeer fails a write that would follow gws's close frame.
+var errClosedByPeer = errors.New("the connection's close frame was written by gws")
+
 // gone reports whether the connection has ended.
 func (o *outbox) gone() bool {
 	o.mu.Lock()
@@ -261,6 +265,13 @@ func (o *outbox) fail() {
 // only when half of it has passed: each write gets between timeout/2 and
 // timeout. Only the flusher goroutine touches deadline.
 func (o *outbox) write(batch [][]byte) error {
+	if o.sock != nil {
+		o.sock.mu.Lock()
+		defer o.sock.mu.Unlock()
+		if o.sock.closeClaimed.Load() && !o.claimed {
+			return errClosedByPeer // gws has written its close: nothing may follow
+		}
+	}
 	if now := time.Now(); o.deadline.Sub(now) < o.timeout/2 {
 		o.deadline = now.Add(o.timeout)
 		if err := o.conn.SetWriteDeadline(o.deadline); err != nil {

@@ -3,6 +3,7 @@ package broker
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"net"
 	"slices"
 	"strconv"
 	"sync"
@@ -105,7 +106,11 @@ func (b *Broker) newSession(conn *gws.Conn, sock *sockConn, c *authn.Claims) *Se
 		limiter: rate.NewLimiter(rate.Limit(b.opts.RateLimit), max(1, int(2*b.opts.RateLimit))),
 		jtis:    []string{c.ID},
 	}
-	s.out = outbox{conn: sock.Conn, sock: sock, limit: b.opts.SendQueueBytes, timeout: b.opts.WriteTimeout}
+	w := sock.Conn
+	if u, ok := w.(interface{ NetConn() net.Conn }); ok {
+		w = u.NetConn() // under broker.Listener's replay wrapper: writev and an fd
+	}
+	s.out = outbox{conn: w, sock: sock, limit: b.opts.SendQueueBytes, timeout: b.opts.WriteTimeout}
 	s.expire = wheel.NewTimer(s.onExpire)
 	s.warn = wheel.NewTimer(s.onWarn)
 	return s
