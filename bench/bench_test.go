@@ -45,7 +45,10 @@ func newServer(tb testing.TB) *server {
 		RateLimit: 1e6,
 		Log:       zerolog.Nop(),
 	})
-	srv := httptest.NewServer(b)
+	// Served as chatd serves it: upgrades through broker.Listener.
+	srv := httptest.NewUnstartedServer(b)
+	srv.Listener = broker.NewListener(srv.Listener, b, 5*time.Second)
+	srv.Start()
 	s := &server{broker: b, srv: srv, url: "ws" + strings.TrimPrefix(srv.URL, "http") + "/ws"}
 	tb.Cleanup(s.close)
 	return s

@@ -29,7 +29,7 @@ func (b *Broker) start(s *Session, c *authn.Claims, response []byte) {
 	// flusher goroutine is started per handshake.
 	s.out.hold()
 	defer func() {
-		s.out.release(response, textFrame(welcomeFrame{Type: "welcome", User: s.name, Session: s.id, Exp: c.Expiry().Unix(), Rooms: rooms}))
+		s.out.release(response, frame(opText, welcomePayload(&welcomeFrame{Type: "welcome", User: s.name, Session: s.id, Exp: c.Expiry().Unix(), Rooms: rooms})))
 	}()
 	b.registry.add(s, c.ID)
 	b.metrics.sockets.Inc()

@@ -80,7 +80,7 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		b.metrics.handshakes.WithLabelValues("bad_handshake").Inc()
 		return
 	}
-	b.metrics.handshakes.WithLabelValues("ok").Inc()
+	b.metrics.upgraded.Inc()
 	s := b.newSession(conn, sc, claims)
 	conn.Session().(*sessionSlot).s = s
 	b.start(s, claims, sc.upgraded())

@@ -3,7 +3,6 @@ package broker
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"math"
@@ -191,9 +190,6 @@ func (l *Listener) serveUpgrade(c net.Conn, br *bufio.Reader, limited *headerLim
 		return
 	}
 	r.RemoteAddr = c.RemoteAddr().String()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	r = r.WithContext(ctx)
 	w := &upgradeResponse{conn: c, br: br, header: make(http.Header)}
 	defer func() {
 		// As net/http does: a handler's panic ends its connection, not

@@ -6,6 +6,7 @@ import "github.com/prometheus/client_golang/prometheus"
 type metrics struct {
 	sockets    prometheus.Gauge
 	handshakes *prometheus.CounterVec // by result
+	upgraded   prometheus.Counter     // handshakes{result="ok"}, resolved once: it is counted per handshake
 	messages   prometheus.Counter
 	deliveries prometheus.Counter
 	closes     *prometheus.CounterVec // by close code
@@ -36,5 +37,6 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	if reg != nil {
 		reg.MustRegister(m.sockets, m.handshakes, m.messages, m.deliveries, m.closes, m.refused)
 	}
+	m.upgraded = m.handshakes.WithLabelValues("ok")
 	return m
 }

@@ -162,6 +162,32 @@ func messagePayload(m *Message) []byte {
 	return append(b, '}')
 }
 
+// welcomePayload encodes the welcome frame by hand: it is written once per
+// handshake, and the generic encoder was a visible part of one.
+func welcomePayload(w *welcomeFrame) []byte {
+	b := make([]byte, 0, 80+len(w.User)+len(w.Session)+16*len(w.Rooms))
+	b = append(b, `{"type":"welcome","user":`...)
+	b = appendJSONString(b, w.User)
+	b = append(b, `,"session":`...)
+	b = appendJSONString(b, w.Session)
+	b = append(b, `,"exp":`...)
+	b = strconv.AppendInt(b, w.Exp, 10)
+	b = append(b, `,"rooms":`...)
+	if w.Rooms == nil {
+		b = append(b, "null"...)
+	} else {
+		b = append(b, '[')
+		for i, r := range w.Rooms {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = appendJSONString(b, r)
+		}
+		b = append(b, ']')
+	}
+	return append(b, '}')
+}
+
 // appendJSONString appends s as a JSON string, escaping like encoding/json
 // (including <, > and & so the frame is safe to embed in HTML).
 func appendJSONString(b []byte, s string) []byte {

@@ -97,3 +97,22 @@ func TestLoopback(t *testing.T) {
 		}
 	}
 }
+
+func TestWelcomeExp(t *testing.T) {
+	for _, c := range []struct {
+		frame string
+		exp   int64
+		ok    bool
+	}{
+		{`{"type":"welcome","user":"a","session":"s","exp":1795883714,"rooms":["general"]}`, 1795883714, true},
+		{`{"type":"welcome","user":"a,\"exp\":5","session":"s","exp":7,"rooms":[]}`, 7, true},
+		{`{"exp":9,"type":"welcome"}`, 9, true},
+		{`{"type":"error","code":"x"}`, 0, false},
+		{`not json`, 0, false},
+	} {
+		exp, ok := welcomeExp([]byte(c.frame))
+		if exp != c.exp || ok != c.ok {
+			t.Errorf("welcomeExp(%s) = %d, %v; want %d, %v", c.frame, exp, ok, c.exp, c.ok)
+		}
+	}
+}
