@@ -209,8 +209,8 @@ func (b *Broker) Close() {
 // heartbeat pings every socket each PingInterval; the read deadline set on
 // each frame received closes sockets whose peer has gone silent. It pings
 // one registry shard per step, spread over the interval: pinging every idle
-// socket at once would start a flusher goroutine for each at the same time,
-// and their stacks would stay in the process's memory.
+// socket at once would be a burst of thousands of writes. An idle socket's
+// ping is written by this goroutine itself (outbox.pushNow).
 func (b *Broker) heartbeat() {
 	t := time.NewTicker(max(b.opts.PingInterval/registryShards, time.Millisecond))
 	defer t.Stop()
@@ -220,7 +220,11 @@ func (b *Broker) heartbeat() {
 		case <-b.stop:
 			return
 		case <-t.C:
-			b.registry.eachIn(shard, func(s *Session) { s.send(ping) })
+			b.registry.eachIn(shard, func(s *Session) {
+				if !s.out.pushNow(ping) {
+					s.slow()
+				}
+			})
 		}
 	}
 }

@@ -43,6 +43,59 @@ func (o *outbox) push(frame []byte) bool {
 	return true
 }
 
+// pushNow is push, except that on an idle socket (nothing queued, nothing
+// in flight) the frame is written at once on the calling goroutine, which
+// never waits for the socket: what the kernel does not take goes to a
+// flusher. The heartbeat pings thousands of idle sockets; a flusher
+// goroutine each grew the runtime's stack pool, and that memory stayed
+// in the process.
+func (o *outbox) pushNow(frame []byte) bool {
+	o.mu.Lock()
+	if o.dead || o.closing != nil || o.flushing || len(o.queue) > 0 {
+		o.mu.Unlock()
+		return o.push(frame)
+	}
+	o.flushing = true
+	o.mu.Unlock()
+
+	rest, err := o.writeNoWaitGuarded(frame)
+	if err != nil {
+		o.fail()
+		return true
+	}
+	o.mu.Lock()
+	if o.dead {
+		o.flushing = false
+		o.mu.Unlock()
+		return true
+	}
+	if len(rest) > 0 {
+		o.queue = append([][]byte{rest}, o.queue...)
+		o.bytes += len(rest)
+	}
+	if len(o.queue) == 0 && o.closing == nil {
+		o.flushing = false
+		o.mu.Unlock()
+		return true
+	}
+	o.mu.Unlock()
+	go o.flush() // frames or a close queued meanwhile, or a partial write
+	return true
+}
+
+// writeNoWaitGuarded is writeNoWait under the close claim's lock (see
+// write): nothing may follow a close frame gws has written.
+func (o *outbox) writeNoWaitGuarded(frame []byte) ([]byte, error) {
+	if o.sock != nil {
+		o.sock.mu.Lock()
+		defer o.sock.mu.Unlock()
+		if o.sock.closeClaimed.Load() && !o.claimed {
+			return nil, errClosedByPeer
+		}
+	}
+	return o.writeNoWait([][]byte{frame})
+}
+
 // pushForce queues frames even past the limit: for a bounded burst the
 // client asked for, such as a replay. They count against the limit.
 func (o *outbox) pushForce(frames ...[]byte) {
