@@ -73,6 +73,24 @@ func (s *rawSocket) next(d time.Duration) (op byte, payload []byte, err error) {
 	return h[0] & 0x0f, payload, err
 }
 
+// writeText sends a masked text frame.
+func (s *rawSocket) writeText(text string) {
+	mask := [4]byte{9, 8, 7, 6}
+	f := []byte{0x81}
+	if n := len(text); n < 126 {
+		f = append(f, 0x80|byte(n))
+	} else {
+		f = append(f, 0x80|126, byte(n>>8), byte(n))
+	}
+	f = append(f, mask[:]...)
+	for i := range len(text) {
+		f = append(f, text[i]^mask[i%4])
+	}
+	if _, err := s.nc.Write(f); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
 // writeClose sends a masked close frame with code.
 func (s *rawSocket) writeClose(code uint16) {
 	mask := [4]byte{1, 2, 3, 4}

@@ -144,3 +144,46 @@ func TestListenerHeaderLimit(t *testing.T) {
 		t.Fatalf("%v %v, want 431", resp, err)
 	}
 }
+
+// An upgrade after other requests on a kept-alive connection is served by
+// the http.Server through the replayed connection, and the socket then
+// works both ways: the broker writes to the TCP connection underneath.
+func TestListenerUpgradeAfterKeepAlive(t *testing.T) {
+	e, addr := listenerEnv(t)
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	br := bufio.NewReader(nc)
+	_, _ = io.WriteString(nc, "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("/hello: %v %v", resp, err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+
+	_, _ = io.WriteString(nc, "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"+
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"+
+		"Authorization: Bearer "+e.token("kept")+"\r\n\r\n")
+	resp, err = http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade after keep-alive: %v %v", resp, err)
+	}
+	s := &rawSocket{t: t, nc: nc, br: br}
+	op, payload, err := s.next(5 * time.Second)
+	if err != nil || op != 0x1 || !strings.Contains(string(payload), `"type":"welcome"`) {
+		t.Fatalf("first frame %#x %q %v, want the welcome", op, payload, err)
+	}
+	s.writeText(`{"type":"send","room":"general","text":"still here"}`)
+	for {
+		op, payload, err := s.next(5 * time.Second)
+		if err != nil {
+			t.Fatalf("no echo of the message: %v", err)
+		}
+		if op == 0x1 && strings.Contains(string(payload), `"text":"still here"`) {
+			return
+		}
+	}
+}
