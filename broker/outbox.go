@@ -57,43 +57,73 @@ func (o *outbox) pushNow(frame []byte) bool {
 	}
 	o.flushing = true
 	o.mu.Unlock()
+	o.writeNow(frame)
+	return true
+}
 
-	rest, err := o.writeNoWaitGuarded(frame)
+// writeNow writes frames on the calling goroutine, which owns the
+// connection's writes (it set o.flushing), without waiting for the socket,
+// and then hands the writing back: what the kernel did not take, and what
+// was queued meanwhile, go to a flusher; with nothing left, a pending
+// close runs here, or the next push takes over.
+func (o *outbox) writeNow(frames ...[]byte) {
+	rest, err := o.writeNoWaitGuarded(frames)
 	if err != nil {
 		o.fail()
-		return true
+		return
 	}
 	o.mu.Lock()
 	if o.dead {
 		o.flushing = false
 		o.mu.Unlock()
-		return true
+		return
 	}
 	if len(rest) > 0 {
 		o.queue = append([][]byte{rest}, o.queue...)
 		o.bytes += len(rest)
 	}
-	if len(o.queue) == 0 && o.closing == nil {
-		o.flushing = false
+	if len(o.queue) > 0 {
 		o.mu.Unlock()
-		return true
+		go o.flush()
+		return
 	}
+	closeFn := o.closing
+	o.flushing = false
 	o.mu.Unlock()
-	go o.flush() // frames or a close queued meanwhile, or a partial write
-	return true
+	if closeFn != nil {
+		closeFn()
+	}
 }
 
-// writeNoWaitGuarded is writeNoWait under the close claim's lock (see
-// write): nothing may follow a close frame gws has written.
-func (o *outbox) writeNoWaitGuarded(frame []byte) ([]byte, error) {
-	if o.sock != nil {
-		o.sock.mu.Lock()
-		defer o.sock.mu.Unlock()
-		if o.sock.closeClaimed.Load() && !o.claimed {
-			return nil, errClosedByPeer
-		}
+// writeNoWaitGuarded is writeNoWait under the lock that orders chatd's
+// writes against gws's close (see write).
+func (o *outbox) writeNoWaitGuarded(frames [][]byte) ([]byte, error) {
+	if err := o.lockWrites(); err != nil {
+		return nil, err
 	}
-	return o.writeNoWait([][]byte{frame})
+	defer o.unlockWrites()
+	return o.writeNoWait(frames)
+}
+
+// lockWrites takes the lock that orders chatd's writes against gws's own
+// close frame (sockConn), and refuses if gws's close went first: nothing
+// may follow it. unlockWrites releases it.
+func (o *outbox) lockWrites() error {
+	if o.sock == nil {
+		return nil
+	}
+	o.sock.mu.Lock()
+	if o.sock.closeClaimed.Load() && !o.claimed {
+		o.sock.mu.Unlock()
+		return errClosedByPeer
+	}
+	return nil
+}
+
+func (o *outbox) unlockWrites() {
+	if o.sock != nil {
+		o.sock.mu.Unlock()
+	}
 }
 
 // pushForce queues frames even past the limit: for a bounded burst the
@@ -137,27 +167,7 @@ func (o *outbox) closeNow(closeFn func(), frames ...[]byte) {
 		o.fail() // gws's close went first; see flush
 		return
 	}
-	rest, err := o.writeNoWait(frames)
-	if err != nil {
-		o.fail()
-		return
-	}
-	o.mu.Lock()
-	if o.dead {
-		o.flushing = false
-		o.mu.Unlock()
-		return
-	}
-	if len(rest) == 0 {
-		o.flushing = false
-		o.mu.Unlock()
-		closeFn()
-		return
-	}
-	o.queue = append(o.queue, rest)
-	o.bytes += len(rest)
-	o.mu.Unlock()
-	go o.flush()
+	o.writeNow(frames...)
 }
 
 // claimClose reports whether this outbox may write the connection's close
@@ -318,13 +328,10 @@ func (o *outbox) fail() {
 // only when half of it has passed: each write gets between timeout/2 and
 // timeout. Only the flusher goroutine touches deadline.
 func (o *outbox) write(batch [][]byte) error {
-	if o.sock != nil {
-		o.sock.mu.Lock()
-		defer o.sock.mu.Unlock()
-		if o.sock.closeClaimed.Load() && !o.claimed {
-			return errClosedByPeer // gws has written its close: nothing may follow
-		}
+	if err := o.lockWrites(); err != nil {
+		return err
 	}
+	defer o.unlockWrites()
 	if now := time.Now(); o.deadline.Sub(now) < o.timeout/2 {
 		o.deadline = now.Add(o.timeout)
 		if err := o.conn.SetWriteDeadline(o.deadline); err != nil {
