@@ -22,18 +22,30 @@ type rawSocket struct {
 	br *bufio.Reader
 }
 
-// rawDial upgrades a plain TCP connection with token.
-func (e *env) rawDial(t testing.TB, token string) *rawSocket {
+// tcpDial opens a plain TCP connection to addr, closed when t ends.
+func tcpDial(t testing.TB, addr string) net.Conn {
 	t.Helper()
-	nc, err := net.Dial("tcp", e.srv.Listener.Addr().String())
+	nc, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { nc.Close() })
-	req := "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n" +
-		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n" +
+	return nc
+}
+
+// upgradeRequest is a raw upgrade request for /ws with token, speaking
+// WebSocket version (13 is the only one there is).
+func upgradeRequest(version, token string) string {
+	return "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n" +
+		"Sec-WebSocket-Version: " + version + "\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n" +
 		"Authorization: Bearer " + token + "\r\n\r\n"
-	if _, err := nc.Write([]byte(req)); err != nil {
+}
+
+// rawDial upgrades a plain TCP connection with token.
+func (e *env) rawDial(t testing.TB, token string) *rawSocket {
+	t.Helper()
+	nc := tcpDial(t, e.srv.Listener.Addr().String())
+	if _, err := io.WriteString(nc, upgradeRequest("13", token)); err != nil {
 		t.Fatal(err)
 	}
 	br := bufio.NewReader(nc)
@@ -185,15 +197,8 @@ func TestCloseWithoutAnswer(t *testing.T) {
 // for the welcome is written when the connection closes instead.
 func TestRefusedUpgradeIsAnswered(t *testing.T) {
 	e := newEnv(t, broker.Options{})
-	nc, err := net.Dial("tcp", e.srv.Listener.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	req := "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n" +
-		"Sec-WebSocket-Version: 12\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n" +
-		"Authorization: Bearer " + e.token("old") + "\r\n\r\n"
-	if _, err := nc.Write([]byte(req)); err != nil {
+	nc := tcpDial(t, e.srv.Listener.Addr().String())
+	if _, err := io.WriteString(nc, upgradeRequest("12", e.token("old"))); err != nil {
 		t.Fatal(err)
 	}
 	_ = nc.SetReadDeadline(time.Now().Add(5 * time.Second))

@@ -73,11 +73,7 @@ func TestListenerRefusesWithJSON(t *testing.T) {
 
 func TestListenerHandsOtherRequestsToHTTP(t *testing.T) {
 	_, addr := listenerEnv(t)
-	nc, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	nc := tcpDial(t, addr)
 	br := bufio.NewReader(nc)
 	// Two requests on one kept-alive connection, the second a refused
 	// upgrade: both served by the http.Server.
@@ -107,10 +103,7 @@ func TestListenerHandsOtherRequestsToHTTP(t *testing.T) {
 func TestListenerBadRequest(t *testing.T) {
 	_, addr := listenerEnv(t)
 	for _, req := range []string{"GET /ws HTTP/1.1\r\nBad Header\r\n\r\n", "GET /ws?x HTTP/1.1\r\nHost: a\r\nContent-Length: x\r\n\r\n"} {
-		nc, err := net.Dial("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
+		nc := tcpDial(t, addr)
 		_, _ = io.WriteString(nc, req)
 		_ = nc.SetReadDeadline(time.Now().Add(5 * time.Second))
 		resp, err := http.ReadResponse(bufio.NewReader(nc), nil)
@@ -124,11 +117,7 @@ func TestListenerBadRequest(t *testing.T) {
 // Headers past the limit are refused with 431, not read into memory.
 func TestListenerHeaderLimit(t *testing.T) {
 	_, addr := listenerEnv(t)
-	nc, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	nc := tcpDial(t, addr)
 	go func() {
 		_, _ = io.WriteString(nc, "GET /ws HTTP/1.1\r\nHost: x\r\n")
 		line := "X-Filler: " + strings.Repeat("a", 1000) + "\r\n"
@@ -150,11 +139,7 @@ func TestListenerHeaderLimit(t *testing.T) {
 // works both ways: the broker writes to the TCP connection underneath.
 func TestListenerUpgradeAfterKeepAlive(t *testing.T) {
 	e, addr := listenerEnv(t)
-	nc, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	nc := tcpDial(t, addr)
 	br := bufio.NewReader(nc)
 	_, _ = io.WriteString(nc, "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
 	resp, err := http.ReadResponse(br, nil)
@@ -164,9 +149,7 @@ func TestListenerUpgradeAfterKeepAlive(t *testing.T) {
 	_, _ = io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
 
-	_, _ = io.WriteString(nc, "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"+
-		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"+
-		"Authorization: Bearer "+e.token("kept")+"\r\n\r\n")
+	_, _ = io.WriteString(nc, upgradeRequest("13", e.token("kept")))
 	resp, err = http.ReadResponse(br, nil)
 	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
 		t.Fatalf("upgrade after keep-alive: %v %v", resp, err)

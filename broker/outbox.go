@@ -73,21 +73,27 @@ func (o *outbox) writeNow(frames ...[]byte) {
 		return
 	}
 	o.mu.Lock()
-	if o.dead {
-		o.flushing = false
-		o.mu.Unlock()
-		return
-	}
-	if len(rest) > 0 {
+	if !o.dead && len(rest) > 0 {
 		o.queue = append([][]byte{rest}, o.queue...)
 		o.bytes += len(rest)
 	}
-	if len(o.queue) > 0 {
-		o.mu.Unlock()
-		go o.flush()
+	if o.dead || len(o.queue) == 0 {
+		o.endTurnLocked()
 		return
 	}
+	o.mu.Unlock()
+	go o.flush()
+}
+
+// endTurnLocked ends the turn of the goroutine that owns the connection's
+// writes, with nothing left to write: the writing passes to the next push,
+// and a pending close runs (unless the connection is gone). o.mu is held
+// on entry and released on return.
+func (o *outbox) endTurnLocked() {
 	closeFn := o.closing
+	if o.dead {
+		closeFn = nil
+	}
 	o.flushing = false
 	o.mu.Unlock()
 	if closeFn != nil {
@@ -98,32 +104,31 @@ func (o *outbox) writeNow(frames ...[]byte) {
 // writeNoWaitGuarded is writeNoWait under the lock that orders chatd's
 // writes against gws's close (see write).
 func (o *outbox) writeNoWaitGuarded(frames [][]byte) ([]byte, error) {
-	if err := o.lockWrites(); err != nil {
+	locked, err := o.lockWrites()
+	if err != nil {
 		return nil, err
 	}
-	defer o.unlockWrites()
+	if locked {
+		defer o.sock.mu.Unlock()
+	}
 	return o.writeNoWait(frames)
 }
 
 // lockWrites takes the lock that orders chatd's writes against gws's own
 // close frame (sockConn), and refuses if gws's close went first: nothing
-// may follow it. unlockWrites releases it.
-func (o *outbox) lockWrites() error {
-	if o.sock == nil {
-		return nil
+// may follow it. Once this outbox holds the close claim gws writes nothing
+// more, so no lock is needed (the expiry burst's writes take none). The
+// caller unlocks o.sock.mu if locked.
+func (o *outbox) lockWrites() (locked bool, err error) {
+	if o.sock == nil || o.claimed {
+		return false, nil
 	}
 	o.sock.mu.Lock()
-	if o.sock.closeClaimed.Load() && !o.claimed {
+	if o.sock.closeClaimed.Load() {
 		o.sock.mu.Unlock()
-		return errClosedByPeer
+		return false, errClosedByPeer
 	}
-	return nil
-}
-
-func (o *outbox) unlockWrites() {
-	if o.sock != nil {
-		o.sock.mu.Unlock()
-	}
+	return true, nil
 }
 
 // pushForce queues frames even past the limit: for a bounded burst the
@@ -223,18 +228,8 @@ func (o *outbox) kill() bool {
 func (o *outbox) flush() {
 	for {
 		o.mu.Lock()
-		if o.dead {
-			o.flushing = false
-			o.mu.Unlock()
-			return
-		}
-		if len(o.queue) == 0 {
-			closeFn := o.closing
-			o.flushing = false
-			o.mu.Unlock()
-			if closeFn != nil {
-				closeFn()
-			}
+		if o.dead || len(o.queue) == 0 {
+			o.endTurnLocked()
 			return
 		}
 		batch := o.queue
@@ -328,10 +323,13 @@ func (o *outbox) fail() {
 // only when half of it has passed: each write gets between timeout/2 and
 // timeout. Only the flusher goroutine touches deadline.
 func (o *outbox) write(batch [][]byte) error {
-	if err := o.lockWrites(); err != nil {
+	locked, err := o.lockWrites()
+	if err != nil {
 		return err
 	}
-	defer o.unlockWrites()
+	if locked {
+		defer o.sock.mu.Unlock()
+	}
 	if now := time.Now(); o.deadline.Sub(now) < o.timeout/2 {
 		o.deadline = now.Add(o.timeout)
 		if err := o.conn.SetWriteDeadline(o.deadline); err != nil {
@@ -344,6 +342,6 @@ func (o *outbox) write(batch [][]byte) error {
 	}
 	// net.Buffers consumes its slice; give it a copy of the header.
 	bufs := net.Buffers(batch)
-	_, err := bufs.WriteTo(o.conn)
+	_, err = bufs.WriteTo(o.conn)
 	return err
 }

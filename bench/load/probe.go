@@ -1,6 +1,7 @@
 package load
 
 import (
+	"errors"
 	"strconv"
 	"sync"
 	"time"
@@ -73,11 +74,7 @@ func StartProbe(d *Dialer, a, b, room string, every time.Duration) (*Probe, erro
 	return p, nil
 }
 
-type probeError string
-
-func (e probeError) Error() string { return string(e) }
-
-const errProbeJoin = probeError("probe: sockets not in their room within 5s")
+var errProbeJoin = errors.New("probe: sockets not in their room within 5s")
 
 // message records the latency of one of the receiver's messages, whose
 // text is its send time in unix nanoseconds.
