@@ -86,6 +86,9 @@ func (l *Listener) acceptLoop() {
 			return
 		}
 		delay = 0
+		if tc, ok := c.(*net.TCPConn); ok {
+			c = newTCPConn(tc)
+		}
 		go l.route(c)
 	}
 }

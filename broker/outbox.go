@@ -3,7 +3,9 @@ package broker
 import (
 	"errors"
 	"net"
+	"slices"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -15,12 +17,13 @@ import (
 // gws's own async queue has no bound (notes/gws.md); this one counts bytes
 // and tells the caller when a socket is too slow to keep.
 type outbox struct {
-	conn     net.Conn      // where frames are written
-	sock     *sockConn     // conn as gws sees it: who writes the close frame
-	limit    int           // bytes queued before the socket counts as slow
-	timeout  time.Duration // deadline of each write
-	deadline time.Time     // the write deadline last set by the flusher
-	claimed  bool          // the close frame is ours to write; see claimClose
+	conn     net.Conn        // where frames are written
+	raw      syscall.RawConn // conn's descriptor, for writes that never wait
+	sock     *sockConn       // conn as gws sees it: who writes the close frame
+	limit    int             // bytes queued before the socket counts as slow
+	timeout  time.Duration   // deadline of each write
+	deadline time.Time       // the write deadline last set by the flusher
+	claimed  bool            // the close frame is ours to write; see claimClose
 
 	mu       sync.Mutex
 	queue    [][]byte
@@ -34,13 +37,89 @@ type outbox struct {
 // push queues frame. It returns false, queueing nothing, when the queue
 // would pass its limit; a closing socket drops the frame quietly.
 func (o *outbox) push(frame []byte) bool {
-	o.mu.Lock()
-	if !o.dead && o.closing == nil && o.bytes+len(frame) > o.limit && o.bytes > 0 {
-		o.mu.Unlock()
-		return false
+	ok, mine := o.offer(frame)
+	if mine {
+		go o.flush()
 	}
-	o.enqueueLocked(nil, frame)
-	return true
+	return ok
+}
+
+// offer is push without starting a flusher. When the socket was idle the
+// caller becomes its writer (mine) and must call drain: a broadcast
+// collects the members it has made busy and writes them from a few
+// goroutines (fanout), not one goroutine each.
+func (o *outbox) offer(frame []byte) (ok, mine bool) {
+	o.mu.Lock()
+	if o.dead || o.closing != nil {
+		o.mu.Unlock()
+		return true, false
+	}
+	if o.bytes+len(frame) > o.limit && o.bytes > 0 {
+		o.mu.Unlock()
+		return false, false
+	}
+	o.queue = append(o.queue, frame)
+	o.bytes += len(frame)
+	mine = !o.flushing
+	o.flushing = true
+	o.mu.Unlock()
+	return true, mine
+}
+
+// drain writes what is queued on the calling goroutine, which owns the
+// connection's writes (offer made it the writer), without waiting for the
+// socket; what was queued meanwhile goes out too, in the same way. What
+// the kernel does not take goes to a flusher goroutine; with nothing left
+// the turn ends (and a pending close runs).
+func (o *outbox) drain() {
+	for {
+		batch, last, ok := o.take()
+		if !ok {
+			return
+		}
+		if last && !o.claimClose() {
+			clear(batch)
+			o.fail() // gws's close went first; see flush
+			return
+		}
+		rest, err := o.writeNoWaitGuarded(batch)
+		if err != nil {
+			clear(batch)
+			o.fail()
+			return
+		}
+		o.mu.Lock()
+		if len(rest) > 0 && !o.dead {
+			o.bytes += sizeOf(rest)
+			o.queue = slices.Concat(rest, o.queue)
+		}
+		clear(batch) // drop references to shared frames
+		o.spare = batch[:0]
+		o.mu.Unlock()
+		if len(rest) > 0 {
+			go o.flush()
+			return
+		}
+	}
+}
+
+// take hands the owner of the connection's writes what is queued, and
+// whether it ends with the close frames. With nothing queued (or the
+// connection gone) it ends the turn instead and returns ok false.
+func (o *outbox) take() (batch [][]byte, last, ok bool) {
+	o.mu.Lock()
+	if o.dead || len(o.queue) == 0 {
+		o.endTurnLocked()
+		return nil, false, false
+	}
+	batch = o.queue
+	o.queue = o.spare[:0]
+	o.bytes = 0
+	// Once closing, nothing is queued after the close frames: this batch
+	// ends with them.
+	last = o.closing != nil
+	o.mu.Unlock()
+	return batch, last, true
 }
 
 // pushNow is push, except that on an idle socket (nothing queued, nothing
@@ -74,8 +153,8 @@ func (o *outbox) writeNow(frames ...[]byte) {
 	}
 	o.mu.Lock()
 	if !o.dead && len(rest) > 0 {
-		o.queue = append([][]byte{rest}, o.queue...)
-		o.bytes += len(rest)
+		o.queue = slices.Concat(rest, o.queue)
+		o.bytes += sizeOf(rest)
 	}
 	if o.dead || len(o.queue) == 0 {
 		o.endTurnLocked()
@@ -103,7 +182,7 @@ func (o *outbox) endTurnLocked() {
 
 // writeNoWaitGuarded is writeNoWait under the lock that orders chatd's
 // writes against gws's close (see write).
-func (o *outbox) writeNoWaitGuarded(frames [][]byte) ([]byte, error) {
+func (o *outbox) writeNoWaitGuarded(frames [][]byte) ([][]byte, error) {
 	locked, err := o.lockWrites()
 	if err != nil {
 		return nil, err
@@ -227,19 +306,10 @@ func (o *outbox) kill() bool {
 // flush writes batches until the queue is empty, then runs a pending close.
 func (o *outbox) flush() {
 	for {
-		o.mu.Lock()
-		if o.dead || len(o.queue) == 0 {
-			o.endTurnLocked()
+		batch, last, ok := o.take()
+		if !ok {
 			return
 		}
-		batch := o.queue
-		o.queue = o.spare[:0]
-		o.bytes = 0
-		// Once closing, nothing is queued after the close frames: this
-		// batch ends with them.
-		last := o.closing != nil
-		o.mu.Unlock()
-
 		if last && !o.claimClose() {
 			// gws has written a close of its own (and closes the
 			// connection): nothing may follow it.
@@ -330,6 +400,11 @@ func (o *outbox) write(batch [][]byte) error {
 	if locked {
 		defer o.sock.mu.Unlock()
 	}
+	// Most writes find room in the socket's buffer and need no deadline.
+	batch, err = o.writeNoWait(batch)
+	if err != nil || len(batch) == 0 {
+		return err
+	}
 	if now := time.Now(); o.deadline.Sub(now) < o.timeout/2 {
 		o.deadline = now.Add(o.timeout)
 		if err := o.conn.SetWriteDeadline(o.deadline); err != nil {
@@ -344,4 +419,26 @@ func (o *outbox) write(batch [][]byte) error {
 	bufs := net.Buffers(batch)
 	_, err = bufs.WriteTo(o.conn)
 	return err
+}
+
+// sizeOf returns the bytes in frames.
+func sizeOf(frames [][]byte) int {
+	n := 0
+	for _, f := range frames {
+		n += len(f)
+	}
+	return n
+}
+
+// skipBytes returns frames without their first n bytes. A frame cut short
+// is copied into a new slice header, so the caller's slice is untouched.
+func skipBytes(frames [][]byte, n int) [][]byte {
+	for len(frames) > 0 && n >= len(frames[0]) {
+		n -= len(frames[0])
+		frames = frames[1:]
+	}
+	if n > 0 {
+		frames = slices.Concat([][]byte{frames[0][n:]}, frames[1:])
+	}
+	return frames
 }

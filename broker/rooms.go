@@ -143,14 +143,22 @@ func (r *Room) userList() []string {
 
 // broadcastLocked queues frame to every member except skip; r.mu is held.
 // It never blocks: a member whose queue is full is evicted as a slow
-// consumer.
+// consumer, and the members it finds idle are written by a fanout.
 func (r *Room) broadcastLocked(frame []byte, skip *Session) int {
+	var idle fanout
 	n := 0
 	for _, m := range r.members {
-		if m != skip {
-			m.send(frame)
-			n++
+		if m == skip {
+			continue
+		}
+		n++
+		switch ok, mine := m.out.offer(frame); {
+		case !ok:
+			m.slow()
+		case mine:
+			idle.add(&m.out)
 		}
 	}
+	idle.start()
 	return n
 }

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/chatd/chatd/authn"
@@ -111,14 +112,18 @@ func (b *Broker) newSession(conn *gws.Conn, sock *sockConn, c *authn.Claims) *Se
 		w = u.NetConn() // under broker.Listener's replay wrapper: writev and an fd
 	}
 	s.out = outbox{conn: w, sock: sock, limit: b.opts.SendQueueBytes, timeout: b.opts.WriteTimeout}
+	if sc, ok := w.(syscall.Conn); ok {
+		s.out.raw, _ = sc.SyscallConn() // nil (writes go through conn) if it fails
+	}
 	s.expire = wheel.NewTimer(s.onExpire)
 	s.warn = wheel.NewTimer(s.onWarn)
 	return s
 }
 
-// send queues frame; a socket whose queue is full is evicted.
+// send queues frame, or on an idle socket writes it at once; a socket
+// whose queue is full is evicted.
 func (s *Session) send(frame []byte) {
-	if !s.out.push(frame) {
+	if !s.out.pushNow(frame) {
 		s.slow()
 	}
 }
