@@ -37,7 +37,11 @@ func newEnv(t testing.TB, opts broker.Options) *env {
 		opts.Verifier = tokens
 	}
 	b := broker.New(opts)
-	srv := httptest.NewServer(b)
+	// Served as chatd serves it: upgrades through broker.Listener (its
+	// sockets, reads and writes), anything else through the http.Server.
+	srv := httptest.NewUnstartedServer(b)
+	srv.Listener = broker.NewListener(srv.Listener, b, 5*time.Second)
+	srv.Start()
 	t.Cleanup(func() {
 		b.Close()
 		srv.CloseClientConnections()

@@ -454,3 +454,26 @@ func TestNewRoomsAreLimited(t *testing.T) {
 	d.send(map[string]any{"type": "join", "room": "new0"})
 	d.expect("joined")
 }
+
+// A broadcast into a room larger than one fan-out chunk (128 members per
+// writing goroutine) reaches every member, each message once and in order,
+// including while members are still busy with the previous message.
+func TestBroadcastReachesEveryMemberOfALargeRoom(t *testing.T) {
+	e := newEnv(t, broker.Options{PresenceLimit: 1, RateLimit: 10000})
+	const members, messages = 300, 20
+	clients := make([]*client, members)
+	for i := range clients {
+		clients[i] = e.dial(e.token(fmt.Sprint("m", i)))
+	}
+	for j := range messages {
+		clients[0].send(map[string]any{"type": "send", "room": "general", "text": fmt.Sprint(j)})
+	}
+	for i, c := range clients {
+		for j := range messages {
+			m := c.expect("message")
+			if m.str("text") != fmt.Sprint(j) || m.num("seq") != uint64(j+1) {
+				t.Fatalf("member %d, message %d: %v", i, j, m)
+			}
+		}
+	}
+}

@@ -1,0 +1,131 @@
+package broker
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"testing"
+	"time"
+)
+
+// tcpPair returns the two ends of a loopback TCP connection, the accepted
+// end wrapped as the Listener wraps it.
+func tcpPair(t *testing.T) (server net.Conn, client *net.TCPConn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	server = newTCPConn(s.(*net.TCPConn))
+	if _, ok := server.(*tcpConn); !ok {
+		t.Fatalf("accepted connection not wrapped: %T", server)
+	}
+	t.Cleanup(func() { server.Close(); c.Close() })
+	return server, c.(*net.TCPConn)
+}
+
+// tcpConn reads as net.TCPConn does: the bytes sent, then io.EOF; the
+// read deadline and a local close end a waiting read with the errors
+// callers test for.
+func TestTCPConnRead(t *testing.T) {
+	server, client := tcpPair(t)
+
+	// A read waits for data (parked, not spinning), then returns it.
+	got := make(chan []byte)
+	go func() {
+		b := make([]byte, 64)
+		n, _ := server.Read(b)
+		got <- b[:n]
+	}()
+	if _, err := client.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	if b := <-got; string(b) != "hello" {
+		t.Fatalf("read %q", b)
+	}
+
+	// The read deadline ends a waiting read.
+	_ = server.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	if _, err := server.Read(make([]byte, 8)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("past the deadline: %v", err)
+	}
+	_ = server.SetReadDeadline(time.Time{})
+
+	// A large write arrives whole, in order, over several reads.
+	want := bytes.Repeat([]byte("0123456789abcdef"), 1<<14)
+	go func() { _, _ = client.Write(want); _ = client.CloseWrite() }()
+	all, err := io.ReadAll(server)
+	if err != nil || !bytes.Equal(all, want) {
+		t.Fatalf("read %d bytes (want %d), err %v", len(all), len(want), err)
+	}
+	if n, err := server.Read(make([]byte, 8)); n != 0 || err != io.EOF {
+		t.Fatalf("after the peer's FIN: %d, %v", n, err)
+	}
+
+	// Closing the connection ends a read waiting on it.
+	server2, _ := tcpPair(t)
+	done := make(chan error)
+	go func() {
+		_, err := server2.Read(make([]byte, 8))
+		done <- err
+	}()
+	time.Sleep(10 * time.Millisecond) // let the read park; either order must end it
+	server2.Close()
+	select {
+	case err := <-done:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Fatalf("read on a closed connection: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not end the read")
+	}
+}
+
+// A fan-out to a socket that does not read takes what the kernel takes
+// and never waits; the rest reaches the peer later, whole and in order,
+// once it reads.
+func TestDrainNeverWaitsAndKeepsOrder(t *testing.T) {
+	server, client := tcpPair(t)
+	raw, _ := server.(*tcpConn).SyscallConn()
+	o := &outbox{conn: server, raw: raw, limit: 64 << 20, timeout: 10 * time.Second}
+
+	// Far more than the socket buffers hold, in frames of differing sizes.
+	var want bytes.Buffer
+	frames := 0
+	for want.Len() < 16<<20 {
+		f := bytes.Repeat([]byte{byte('a' + frames%26)}, 1000+frames%7000)
+		want.Write(f)
+		ok, mine := o.offer(f)
+		if !ok {
+			t.Fatal("offer refused below the limit")
+		}
+		if mine {
+			drained := make(chan struct{})
+			go func() { o.drain(); close(drained) }()
+			select {
+			case <-drained:
+			case <-time.After(5 * time.Second):
+				t.Fatal("drain waited for a socket that does not read")
+			}
+		}
+		frames++
+	}
+	if o.queued() == 0 {
+		t.Fatal("16 MiB fitted in the socket buffers: the test proves nothing")
+	}
+	got, err := io.ReadAll(io.LimitReader(client, int64(want.Len())))
+	if err != nil || !bytes.Equal(got, want.Bytes()) {
+		t.Fatalf("peer read %d bytes (want %d), in order: %v, err %v", len(got), want.Len(), bytes.Equal(got, want.Bytes()[:len(got)]), err)
+	}
+}
