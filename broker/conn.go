@@ -24,7 +24,8 @@ import (
 // syscall and one wakeup of the client fewer per handshake.
 type sockConn struct {
 	net.Conn
-	closeClaimed atomic.Bool // a close frame has been (or is being) written
+	closeClaimed atomic.Bool   // a close frame has been (or is being) written
+	writeTimeout time.Duration // bounds gws's close write
 	// mu orders gws's close against the outbox's writes: no frame of
 	// chatd's may follow a close frame gws has written.
 	mu sync.Mutex
@@ -44,6 +45,12 @@ func (c *sockConn) Write(p []byte) (int, error) {
 	defer c.mu.Unlock()
 	if !c.claimClose() {
 		return len(p), nil // chatd's close went first
+	}
+	// The outbox's writes that found room set no deadline, and an old
+	// one may have passed: this write gets its own, so that a peer that
+	// stopped reading cannot hold it (and c.mu) for ever.
+	if err := c.Conn.SetWriteDeadline(time.Now().Add(c.writeTimeout)); err != nil {
+		return 0, err
 	}
 	return c.Conn.Write(p)
 }

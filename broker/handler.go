@@ -66,7 +66,7 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		b.metrics.handshakes.WithLabelValues("bad_handshake").Inc()
 		return
 	}
-	sc := &sockConn{Conn: nc, upgrading: true}
+	sc := &sockConn{Conn: nc, upgrading: true, writeTimeout: b.opts.WriteTimeout}
 	br := brw.Reader
 	if br.Size() > readBufferSize && br.Buffered() == 0 {
 		// net/http's reader is 4 KiB; the socket keeps its reader for life,

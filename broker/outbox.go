@@ -30,8 +30,11 @@ type outbox struct {
 	spare    [][]byte // the previous batch's slice, reused
 	bytes    int
 	flushing bool // a flusher goroutine owns the connection's writes
-	closing  func()
-	dead     bool
+	// cut: queue[0] is the rest of a frame a non-blocking write cut short.
+	// It must go out before anything else, a close included.
+	cut     bool
+	closing func()
+	dead    bool
 }
 
 // push queues frame. It returns false, queueing nothing, when the queue
@@ -68,39 +71,47 @@ func (o *outbox) offer(frame []byte) (ok, mine bool) {
 
 // drain writes what is queued on the calling goroutine, which owns the
 // connection's writes (offer made it the writer), without waiting for the
-// socket; what was queued meanwhile goes out too, in the same way. What
-// the kernel does not take goes to a flusher goroutine; with nothing left
-// the turn ends (and a pending close runs).
+// socket. What the kernel does not take, and what was queued meanwhile, go
+// to a flusher goroutine; with nothing left the turn ends (and a pending
+// close runs).
 func (o *outbox) drain() {
-	for {
-		batch, last, ok := o.take()
-		if !ok {
-			return
-		}
-		if last && !o.claimClose() {
-			clear(batch)
-			o.fail() // gws's close went first; see flush
-			return
-		}
-		rest, err := o.writeNoWaitGuarded(batch)
-		if err != nil {
-			clear(batch)
-			o.fail()
-			return
-		}
-		o.mu.Lock()
-		if len(rest) > 0 && !o.dead {
-			o.bytes += sizeOf(rest)
-			o.queue = slices.Concat(rest, o.queue)
-		}
-		clear(batch) // drop references to shared frames
-		o.spare = batch[:0]
-		o.mu.Unlock()
-		if len(rest) > 0 {
-			go o.flush()
-			return
-		}
+	batch, last, ok := o.take()
+	if !ok {
+		return
 	}
+	if last && !o.claimClose() {
+		clear(batch)
+		o.fail() // gws's close went first; see flush
+		return
+	}
+	rest, err := o.writeNoWaitGuarded(batch)
+	if err != nil {
+		clear(batch)
+		o.fail()
+		return
+	}
+	o.mu.Lock()
+	o.requeueLocked(rest)
+	clear(batch) // drop references to shared frames
+	o.spare = batch[:0]
+	if o.dead || len(o.queue) == 0 {
+		o.endTurnLocked()
+		return
+	}
+	o.mu.Unlock()
+	go o.flush()
+}
+
+// requeueLocked puts back at the head of the queue the frames a
+// non-blocking write did not take (copied: they may alias the batch);
+// o.mu is held.
+func (o *outbox) requeueLocked(rest [][]byte) {
+	if len(rest) == 0 || o.dead {
+		return
+	}
+	o.queue = slices.Concat(rest, o.queue)
+	o.bytes += sizeOf(rest)
+	o.cut = true // rest[0] may be part of a frame
 }
 
 // take hands the owner of the connection's writes what is queued, and
@@ -115,6 +126,7 @@ func (o *outbox) take() (batch [][]byte, last, ok bool) {
 	batch = o.queue
 	o.queue = o.spare[:0]
 	o.bytes = 0
+	o.cut = false
 	// Once closing, nothing is queued after the close frames: this batch
 	// ends with them.
 	last = o.closing != nil
@@ -152,10 +164,7 @@ func (o *outbox) writeNow(frames ...[]byte) {
 		return
 	}
 	o.mu.Lock()
-	if !o.dead && len(rest) > 0 {
-		o.queue = slices.Concat(rest, o.queue)
-		o.bytes += sizeOf(rest)
-	}
+	o.requeueLocked(rest)
 	if o.dead || len(o.queue) == 0 {
 		o.endTurnLocked()
 		return
@@ -183,7 +192,10 @@ func (o *outbox) endTurnLocked() {
 // writeNoWaitGuarded is writeNoWait under the lock that orders chatd's
 // writes against gws's close (see write).
 func (o *outbox) writeNoWaitGuarded(frames [][]byte) ([][]byte, error) {
-	locked, err := o.lockWrites()
+	locked, err := o.lockWrites(false)
+	if err == errWriteBusy {
+		return frames, nil // gws is writing its close: the flusher finds out
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -197,12 +209,20 @@ func (o *outbox) writeNoWaitGuarded(frames [][]byte) ([][]byte, error) {
 // close frame (sockConn), and refuses if gws's close went first: nothing
 // may follow it. Once this outbox holds the close claim gws writes nothing
 // more, so no lock is needed (the expiry burst's writes take none). The
-// caller unlocks o.sock.mu if locked.
-func (o *outbox) lockWrites() (locked bool, err error) {
+// caller unlocks o.sock.mu if locked. Unless wait, it does not wait for
+// the lock, whose other holder is gws writing its close, and returns
+// errWriteBusy instead: the caller leaves the write to a flusher.
+func (o *outbox) lockWrites(wait bool) (locked bool, err error) {
 	if o.sock == nil || o.claimed {
 		return false, nil
 	}
-	o.sock.mu.Lock()
+	if !wait {
+		if !o.sock.mu.TryLock() {
+			return false, errWriteBusy
+		}
+	} else {
+		o.sock.mu.Lock()
+	}
 	if o.sock.closeClaimed.Load() {
 		o.sock.mu.Unlock()
 		return false, errClosedByPeer
@@ -238,8 +258,13 @@ func (o *outbox) closeNow(closeFn func(), frames ...[]byte) {
 		o.mu.Unlock()
 		return
 	}
-	clear(o.queue)
-	o.queue, o.bytes = o.queue[:0], 0
+	keep := 0
+	if o.cut {
+		keep = 1 // the rest of a frame already begun on the wire
+	}
+	clear(o.queue[keep:])
+	o.queue = o.queue[:keep]
+	o.bytes = sizeOf(o.queue)
 	if o.flushing {
 		o.enqueueLocked(closeFn, frames...)
 		return
@@ -272,12 +297,8 @@ func (o *outbox) enqueueLocked(closeFn func(), frames ...[]byte) {
 		o.mu.Unlock()
 		return
 	}
-	n := 0
-	for _, f := range frames {
-		n += len(f)
-	}
 	o.queue = append(o.queue, frames...)
-	o.bytes += n
+	o.bytes += sizeOf(frames)
 	o.closing = closeFn
 	start := !o.flushing
 	o.flushing = true
@@ -363,6 +384,10 @@ func (o *outbox) release(first ...[]byte) {
 // errClosedByPeer fails a write that would follow gws's close frame.
 var errClosedByPeer = errors.New("the connection's close frame was written by gws")
 
+// errWriteBusy is lockWrites's answer, when told not to wait, while gws
+// writes its close.
+var errWriteBusy = errors.New("gws is writing the connection's close frame")
+
 // gone reports whether the connection has ended.
 func (o *outbox) gone() bool {
 	o.mu.Lock()
@@ -391,9 +416,10 @@ func (o *outbox) fail() {
 // reading would otherwise block it, and gws's own close frame behind it,
 // forever. Moving the deadline costs a runtime timer update, so it is moved
 // only when half of it has passed: each write gets between timeout/2 and
-// timeout. Only the flusher goroutine touches deadline.
+// timeout. Only the goroutine that owns the connection's writes touches
+// deadline. gws's own close sets a deadline of its own (sockConn.Write).
 func (o *outbox) write(batch [][]byte) error {
-	locked, err := o.lockWrites()
+	locked, err := o.lockWrites(true)
 	if err != nil {
 		return err
 	}
@@ -431,7 +457,8 @@ func sizeOf(frames [][]byte) int {
 }
 
 // skipBytes returns frames without their first n bytes. A frame cut short
-// is copied into a new slice header, so the caller's slice is untouched.
+// goes into a new slice (an allocation, on a socket whose buffer is full
+// anyway), so the caller's slice is untouched.
 func skipBytes(frames [][]byte, n int) [][]byte {
 	for len(frames) > 0 && n >= len(frames[0]) {
 		n -= len(frames[0])

@@ -27,6 +27,9 @@ func (c *tcpConn) Read(p []byte) (int, error) {
 	rawReaders.Put(r)
 	switch {
 	case err != nil:
+		if oe, ok := err.(*net.OpError); ok {
+			oe.Op = "read" // not "raw-read": net/http tells common read errors by it
+		}
 		return 0, err
 	case errno != 0:
 		return 0, &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("read", errno)}
@@ -78,8 +81,9 @@ func (r *rawReader) readFD(fd uintptr) bool {
 // bookkeeping on either side of each, plus poll.FD's locks and a deadline.
 //
 // Control, not RawConn.Write: Write would refuse once the write deadline
-// last set by the flusher has passed (an idle socket's welcome deadline),
-// and Control still holds the descriptor open while it is used. The caller
+// last set by a flusher has passed, and Control still holds the
+// descriptor open while it is used. (The race detector does not see the
+// kernel read these buffers; frames are immutable once queued.) The caller
 // owns the connection's writes (its outbox is marked flushing), so nothing
 // else writes to it meanwhile.
 func (o *outbox) writeNoWait(frames [][]byte) (rest [][]byte, err error) {
@@ -105,7 +109,7 @@ func (o *outbox) writeNoWait(frames [][]byte) (rest [][]byte, err error) {
 
 // rawWriter holds one non-blocking write's arguments and results, with the
 // callback for RawConn.Control bound once, so that a write allocates
-// nothing.
+// nothing (unless the kernel cuts a frame short).
 type rawWriter struct {
 	frames [][]byte
 	errno  syscall.Errno
@@ -128,8 +132,7 @@ func (w *rawWriter) writeFD(fd uintptr) {
 		var e syscall.Errno
 		if len(w.frames) == 1 {
 			b := w.frames[0]
-			n, _, e = syscall.RawSyscall6(syscall.SYS_SENDTO, fd, uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)),
-				syscall.MSG_DONTWAIT|syscall.MSG_NOSIGNAL, 0, 0)
+			n, _, e = syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
 		} else {
 			m := min(len(w.frames), len(w.iov))
 			for i, b := range w.frames[:m] {

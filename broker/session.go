@@ -264,7 +264,8 @@ func (s *Session) schedule(exp time.Time) {
 // expired reports whether the socket's close time has come.
 func (s *Session) expired(now time.Time) bool { return now.UnixNano() >= s.closeAt.Load() }
 
-// onExpire runs on the wheel's goroutine: it only queues, never writes.
+// onExpire runs on the wheel's goroutine. It never waits for the socket:
+// the close frames go out in one non-blocking write (outbox.closeNow).
 func (s *Session) onExpire() {
 	if !s.expired(time.Now()) {
 		// A refresh moved the close after the wheel picked this up (or the
@@ -275,6 +276,7 @@ func (s *Session) onExpire() {
 	s.close(CloseTokenExpired, true, s.broker.expiredFrame)
 }
 
+// onWarn runs on the wheel's goroutine; send never waits for the socket.
 func (s *Session) onWarn() {
 	left := time.Until(time.Unix(0, s.closeAt.Load()))
 	if left > s.broker.opts.ExpiryWarning+time.Second {

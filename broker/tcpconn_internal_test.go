@@ -129,3 +129,85 @@ func TestDrainNeverWaitsAndKeepsOrder(t *testing.T) {
 		t.Fatalf("peer read %d bytes (want %d), in order: %v, err %v", len(got), want.Len(), bytes.Equal(got, want.Bytes()[:len(got)]), err)
 	}
 }
+
+// A close that comes while the rest of a cut frame waits for its flusher
+// keeps that rest: the close frame never lands inside a frame.
+func TestCloseKeepsAFrameCutShort(t *testing.T) {
+	server, client := tcpPair(t)
+	raw, _ := server.(*tcpConn).SyscallConn()
+	o := &outbox{conn: server, raw: raw, limit: 64 << 20, timeout: 10 * time.Second}
+	frame := bytes.Repeat([]byte("x"), 8<<20)
+	o.offer(frame)
+	o.offer([]byte("dropped by the close"))
+
+	// As drain leaves it when the kernel cuts the frame short: the rest
+	// back at the head of the queue, its flusher not yet started.
+	batch, _, _ := o.take()
+	rest, err := o.writeNoWaitGuarded(batch)
+	if err != nil || len(rest) == 0 || len(rest[0]) == len(frame) {
+		t.Fatalf("the kernel took all of 8 MiB at once, or nothing (err %v): the test proves nothing", err)
+	}
+	o.mu.Lock()
+	o.requeueLocked(rest)
+	o.mu.Unlock()
+
+	closed := make(chan struct{})
+	o.closeNow(func() { close(closed) }, []byte("CLOSE"))
+	go o.flush()
+	_ = client.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got := make([]byte, len(frame)+len("CLOSE"))
+	if _, err := io.ReadFull(client, got); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got[:len(frame)], frame) || string(got[len(frame):]) != "CLOSE" {
+		t.Fatalf("the peer got %q... ending %q", got[:16], got[len(got)-16:])
+	}
+	<-closed
+}
+
+// gws's own close frame is written under a deadline, even on a socket
+// whose writes all found room (and so set none): a peer that stopped
+// reading cannot hold it for ever.
+func TestGwsCloseWriteHasADeadline(t *testing.T) {
+	server, _ := tcpPair(t)
+	sc := &sockConn{Conn: server, writeTimeout: 100 * time.Millisecond}
+	done := make(chan error)
+	go func() {
+		_, err := sc.Write(make([]byte, 64<<20)) // far past the socket buffers
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("write: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("gws's write to a peer that does not read did not time out")
+	}
+}
+
+// While gws writes its close (holding the socket's write lock), a fan-out
+// does not wait for it: the frame goes to a flusher, which finds out.
+func TestDrainDoesNotWaitForGwsClose(t *testing.T) {
+	server, client := tcpPair(t)
+	raw, _ := server.(*tcpConn).SyscallConn()
+	sc := &sockConn{Conn: server, writeTimeout: time.Second}
+	o := &outbox{conn: server, raw: raw, sock: sc, limit: 1 << 20, timeout: time.Second}
+
+	sc.mu.Lock() // gws, mid-write
+	if _, mine := o.offer([]byte("hello")); !mine {
+		t.Fatal("idle outbox: offer did not make the caller its writer")
+	}
+	drained := make(chan struct{})
+	go func() { o.drain(); close(drained) }()
+	select {
+	case <-drained:
+	case <-time.After(5 * time.Second):
+		t.Fatal("drain waited for gws's write")
+	}
+	sc.mu.Unlock() // gws's write ended without a close: the flusher writes
+	got := make([]byte, 5)
+	if _, err := io.ReadFull(client, got); err != nil || string(got) != "hello" {
+		t.Fatalf("peer read %q, %v", got, err)
+	}
+}
