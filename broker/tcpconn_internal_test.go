@@ -35,6 +35,27 @@ func tcpPair(t *testing.T) (server net.Conn, client *net.TCPConn) {
 	return server, c.(*net.TCPConn)
 }
 
+// rawOutbox returns an outbox writing to server as a session's does.
+func rawOutbox(server net.Conn, sock *sockConn, limit int) *outbox {
+	raw, _ := server.(*tcpConn).SyscallConn()
+	return &outbox{conn: server, raw: raw, sock: sock, limit: limit, timeout: 10 * time.Second}
+}
+
+// within runs f on a goroutine and returns its error, failing the test if
+// f has not returned after 5 s: what must not wait, or must time out.
+func within(t *testing.T, what string, f func() error) error {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- f() }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(5 * time.Second):
+		t.Fatal(what)
+		return nil
+	}
+}
+
 // tcpConn reads as net.TCPConn does: the bytes sent, then io.EOF; the
 // read deadline and a local close end a waiting read with the errors
 // callers test for.
@@ -75,20 +96,16 @@ func TestTCPConnRead(t *testing.T) {
 
 	// Closing the connection ends a read waiting on it.
 	server2, _ := tcpPair(t)
-	done := make(chan error)
-	go func() {
+	err = within(t, "Close did not end the read", func() error {
+		go func() {
+			time.Sleep(10 * time.Millisecond) // let the read park; either order must end it
+			server2.Close()
+		}()
 		_, err := server2.Read(make([]byte, 8))
-		done <- err
-	}()
-	time.Sleep(10 * time.Millisecond) // let the read park; either order must end it
-	server2.Close()
-	select {
-	case err := <-done:
-		if !errors.Is(err, net.ErrClosed) {
-			t.Fatalf("read on a closed connection: %v", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Close did not end the read")
+		return err
+	})
+	if !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("read on a closed connection: %v", err)
 	}
 }
 
@@ -97,8 +114,7 @@ func TestTCPConnRead(t *testing.T) {
 // once it reads.
 func TestDrainNeverWaitsAndKeepsOrder(t *testing.T) {
 	server, client := tcpPair(t)
-	raw, _ := server.(*tcpConn).SyscallConn()
-	o := &outbox{conn: server, raw: raw, limit: 64 << 20, timeout: 10 * time.Second}
+	o := rawOutbox(server, nil, 64<<20)
 
 	// Far more than the socket buffers hold, in frames of differing sizes.
 	var want bytes.Buffer
@@ -111,13 +127,7 @@ func TestDrainNeverWaitsAndKeepsOrder(t *testing.T) {
 			t.Fatal("offer refused below the limit")
 		}
 		if mine {
-			drained := make(chan struct{})
-			go func() { o.drain(); close(drained) }()
-			select {
-			case <-drained:
-			case <-time.After(5 * time.Second):
-				t.Fatal("drain waited for a socket that does not read")
-			}
+			within(t, "drain waited for a socket that does not read", func() error { o.drain(); return nil })
 		}
 		frames++
 	}
@@ -134,8 +144,7 @@ func TestDrainNeverWaitsAndKeepsOrder(t *testing.T) {
 // keeps that rest: the close frame never lands inside a frame.
 func TestCloseKeepsAFrameCutShort(t *testing.T) {
 	server, client := tcpPair(t)
-	raw, _ := server.(*tcpConn).SyscallConn()
-	o := &outbox{conn: server, raw: raw, limit: 64 << 20, timeout: 10 * time.Second}
+	o := rawOutbox(server, nil, 64<<20)
 	frame := bytes.Repeat([]byte("x"), 8<<20)
 	o.offer(frame)
 	o.offer([]byte("dropped by the close"))
@@ -171,18 +180,12 @@ func TestCloseKeepsAFrameCutShort(t *testing.T) {
 func TestGwsCloseWriteHasADeadline(t *testing.T) {
 	server, _ := tcpPair(t)
 	sc := &sockConn{Conn: server, writeTimeout: 100 * time.Millisecond}
-	done := make(chan error)
-	go func() {
+	err := within(t, "gws's write to a peer that does not read did not time out", func() error {
 		_, err := sc.Write(make([]byte, 64<<20)) // far past the socket buffers
-		done <- err
-	}()
-	select {
-	case err := <-done:
-		if !errors.Is(err, os.ErrDeadlineExceeded) {
-			t.Fatalf("write: %v", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("gws's write to a peer that does not read did not time out")
+		return err
+	})
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("write: %v", err)
 	}
 }
 
@@ -190,21 +193,14 @@ func TestGwsCloseWriteHasADeadline(t *testing.T) {
 // does not wait for it: the frame goes to a flusher, which finds out.
 func TestDrainDoesNotWaitForGwsClose(t *testing.T) {
 	server, client := tcpPair(t)
-	raw, _ := server.(*tcpConn).SyscallConn()
 	sc := &sockConn{Conn: server, writeTimeout: time.Second}
-	o := &outbox{conn: server, raw: raw, sock: sc, limit: 1 << 20, timeout: time.Second}
+	o := rawOutbox(server, sc, 1<<20)
 
 	sc.mu.Lock() // gws, mid-write
 	if _, mine := o.offer([]byte("hello")); !mine {
 		t.Fatal("idle outbox: offer did not make the caller its writer")
 	}
-	drained := make(chan struct{})
-	go func() { o.drain(); close(drained) }()
-	select {
-	case <-drained:
-	case <-time.After(5 * time.Second):
-		t.Fatal("drain waited for gws's write")
-	}
+	within(t, "drain waited for gws's write", func() error { o.drain(); return nil })
 	sc.mu.Unlock() // gws's write ended without a close: the flusher writes
 	got := make([]byte, 5)
 	if _, err := io.ReadFull(client, got); err != nil || string(got) != "hello" {
