@@ -183,12 +183,14 @@ func TestHeartbeat(t *testing.T) {
 	alive := e.dial(e.token("alive")) // answers pings: stays
 
 	silent := &silentClient{client{t: t, frames: make(chan frame, 64), closed: make(chan closeEvent, 1)}}
+	// The server's idle clock starts during the handshake, before the dial
+	// returns: timing from after it could see the drop "early".
+	start := time.Now()
 	conn, _, err := gws.NewClient(silent, &gws.ClientOption{Addr: e.url, RequestHeader: http.Header{"Authorization": {"Bearer " + e.token("silent")}}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	go conn.ReadLoop()
-	start := time.Now()
 	silent.waitClose(3 * time.Second)
 	if d := time.Since(start); d < 300*time.Millisecond {
 		t.Fatalf("silent socket dropped after %v, before the idle timeout", d)
