@@ -94,6 +94,14 @@ func (o *outbox) drain() {
 	o.requeueLocked(rest)
 	clear(batch) // drop references to shared frames
 	o.spare = batch[:0]
+	o.handBackLocked()
+}
+
+// handBackLocked ends a turn of writes that never wait: whatever is still
+// queued (what the kernel did not take, what came meanwhile) goes to a
+// flusher goroutine; with nothing left the turn ends. o.mu is held on
+// entry and released on return.
+func (o *outbox) handBackLocked() {
 	if o.dead || len(o.queue) == 0 {
 		o.endTurnLocked()
 		return
@@ -165,12 +173,7 @@ func (o *outbox) writeNow(frames ...[]byte) {
 	}
 	o.mu.Lock()
 	o.requeueLocked(rest)
-	if o.dead || len(o.queue) == 0 {
-		o.endTurnLocked()
-		return
-	}
-	o.mu.Unlock()
-	go o.flush()
+	o.handBackLocked()
 }
 
 // endTurnLocked ends the turn of the goroutine that owns the connection's
