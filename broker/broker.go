@@ -104,6 +104,7 @@ type Broker struct {
 	registry *registry
 	rooms    *rooms
 	wheel    *wheel.Wheel
+	parker   *parker // holds idle sockets' read loops; nil where it cannot
 
 	draining atomic.Bool
 	gone     chan struct{} // a socket closed; the drain re-counts
@@ -123,14 +124,15 @@ func New(opts Options) *Broker {
 	b := &Broker{
 		opts:     opts,
 		log:      opts.Log.With().Str("component", "broker").Logger(),
-		metrics:  newMetrics(opts.Metrics),
 		registry: newRegistry(),
 		rooms:    newRooms(opts.History),
 		wheel:    wheel.New(opts.WheelTick, 0),
+		parker:   newParker(),
 		stop:     make(chan struct{}),
 		gone:     make(chan struct{}, 1),
 		msgBase:  newID()[:8],
 	}
+	b.metrics = newMetrics(opts.Metrics, b.parker.len)
 	b.closeFrames = make(map[uint16][]byte)
 	for code, reason := range closeReasons() {
 		b.closeFrames[code] = closeFrame(code, reason)
@@ -203,6 +205,9 @@ func (b *Broker) Close() {
 	b.stopOnce.Do(func() {
 		close(b.stop)
 		b.wheel.Stop()
+		if b.parker != nil {
+			b.parker.close()
+		}
 	})
 }
 

@@ -87,6 +87,13 @@ func (s *rawSocket) next(d time.Duration) (op byte, payload []byte, err error) {
 
 // writeText sends a masked text frame.
 func (s *rawSocket) writeText(text string) {
+	if _, err := s.nc.Write(maskedText(text)); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
+// maskedText is a client's text frame carrying text.
+func maskedText(text string) []byte {
 	mask := [4]byte{9, 8, 7, 6}
 	f := []byte{0x81}
 	if n := len(text); n < 126 {
@@ -98,9 +105,7 @@ func (s *rawSocket) writeText(text string) {
 	for i := range len(text) {
 		f = append(f, text[i]^mask[i%4])
 	}
-	if _, err := s.nc.Write(f); err != nil {
-		s.t.Fatal(err)
-	}
+	return f
 }
 
 // writeClose sends a masked close frame with code.

@@ -83,10 +83,17 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	b.metrics.upgraded.Inc()
 	s := b.newSession(conn, sc, claims)
 	conn.Session().(*sessionSlot).s = s
+	// Before start publishes the session: from then on other goroutines
+	// may set the connection's deadlines or close it.
+	tc, parkable := nc.(*tcpConn)
+	parkable = parkable && tc.enableParking(b.parker, br, s.read)
 	b.start(s, claims, sc.upgraded())
-	// ReadLoop runs the session's whole life on its own goroutine; holding
-	// the handler goroutine instead would pin the request's memory.
-	go conn.ReadLoop()
+	if parkable && br.Buffered() == 0 && tc.park.park() {
+		return // nothing to read yet: the parker starts the read loop
+	}
+	// The read loop runs on its own goroutine; holding the handler's
+	// instead would pin the request's memory.
+	go s.read()
 }
 
 // handshakeToken finds the token in contract order: the Authorization

@@ -13,7 +13,9 @@ type metrics struct {
 	refused    *prometheus.CounterVec // refused requests, by error code
 }
 
-func newMetrics(reg prometheus.Registerer) *metrics {
+// newMetrics registers the broker's series with reg; parked counts the
+// sockets whose read loop is parked.
+func newMetrics(reg prometheus.Registerer, parked func() int) *metrics {
 	m := &metrics{
 		sockets: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "chatd_sockets", Help: "Open authenticated WebSocket connections.",
@@ -36,6 +38,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.sockets, m.handshakes, m.messages, m.deliveries, m.closes, m.refused)
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "chatd_parked_sockets", Help: "Open sockets with nothing to read, held by the parker instead of a goroutine.",
+		}, func() float64 { return float64(parked()) }))
 	}
 	m.upgraded = m.handshakes.WithLabelValues("ok")
 	return m

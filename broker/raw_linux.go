@@ -14,18 +14,23 @@ import (
 // Read implements net.Conn. Each attempt is one non-blocking read(2) made
 // with RawSyscall (see tcpConn); when there is nothing to read, RawConn
 // parks the goroutine on the netpoller, honouring the read deadline, as
-// net.TCPConn.Read does.
+// net.TCPConn.Read does. A broker socket that may park, at a frame
+// boundary, unwinds its read loop instead (park.go).
 func (c *tcpConn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
 	r := rawReaders.Get().(*rawReader)
-	r.p = p
+	r.p, r.park = p, c.park
 	err := c.raw.Read(r.read)
-	n, errno := r.n, r.errno
-	r.p, r.n, r.errno = nil, 0, 0
+	n, errno, idle := r.n, r.errno, r.idle
+	r.p, r.n, r.errno, r.park, r.idle = nil, 0, 0, nil, false
 	rawReaders.Put(r)
 	switch {
+	case idle:
+		panic(idleSignal{c.park}) // see park.go: the read loop unwinds
+	case n > 0 && c.park != nil:
+		c.park.frames.feed(p[:n])
 	case err != nil:
 		if oe, ok := err.(*net.OpError); ok {
 			oe.Op = "read" // not "raw-read": net/http tells common read errors by it
@@ -43,8 +48,10 @@ func (c *tcpConn) Read(p []byte) (int, error) {
 // RawConn.Read bound once, so that a read allocates nothing.
 type rawReader struct {
 	p     []byte
+	park  *parking // the connection's, if it may park
 	n     int
 	errno syscall.Errno
+	idle  bool // nothing to read, and the socket may park instead of waiting
 	read  func(fd uintptr) bool
 }
 
@@ -63,6 +70,10 @@ func (r *rawReader) readFD(fd uintptr) bool {
 		case syscall.EINTR:
 			continue
 		case syscall.EAGAIN:
+			if r.park != nil && r.park.idle() {
+				r.idle = true
+				return true
+			}
 			return false
 		case 0:
 			r.n = int(n)

@@ -18,7 +18,8 @@ import (
 // in 8 s, and the slowest deliveries paid for them (BENCHMARKS.md).
 type tcpConn struct {
 	*net.TCPConn
-	raw syscall.RawConn
+	raw  syscall.RawConn
+	park *parking // set once a broker socket runs on it, if it may park (park.go)
 }
 
 // newTCPConn wraps c, or returns it as it is if it has no descriptor.

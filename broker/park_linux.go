@@ -1,0 +1,314 @@
+//go:build linux
+
+package broker
+
+import (
+	"bufio"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+	"unsafe"
+)
+
+// parker watches parked sockets (park.go) with an epoll instance of its
+// own, each registered one-shot, and starts a socket's read loop again
+// when its descriptor turns readable. Its goroutine waits for the epoll
+// descriptor itself on the runtime's netpoller, so an idle chatd has no
+// thread in epoll_wait of its own.
+type parker struct {
+	epfd int
+	file *os.File // epfd, registered with the netpoller
+	raw  syscall.RawConn
+
+	mu     sync.Mutex
+	parked map[int32]*parking // by descriptor; nil once closed
+}
+
+// newParker returns a running parker, or nil where the kernel refuses one
+// (sockets then keep a goroutine each, as plain reads do).
+func newParker() *parker {
+	fd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil
+	}
+	if err := syscall.SetNonblock(fd, true); err != nil {
+		syscall.Close(fd)
+		return nil
+	}
+	f := os.NewFile(uintptr(fd), "parker")
+	raw, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil
+	}
+	p := &parker{epfd: fd, file: f, raw: raw, parked: make(map[int32]*parking)}
+	go p.run()
+	return p
+}
+
+// run wakes the sockets epoll reports until the parker is closed.
+func (p *parker) run() {
+	events := make([]syscall.EpollEvent, 128)
+	var woken []*parking
+	_ = p.raw.Read(func(fd uintptr) bool {
+		for {
+			n, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_PWAIT, fd, uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
+			if e == syscall.EINTR {
+				continue
+			}
+			if e != 0 || n == 0 {
+				return false // wait until the epoll descriptor is readable
+			}
+			p.mu.Lock()
+			for _, ev := range events[:n] {
+				if q := p.parked[ev.Fd]; q != nil {
+					delete(p.parked, ev.Fd)
+					woken = append(woken, q)
+				}
+			}
+			p.mu.Unlock()
+			for i, q := range woken {
+				q.wake()
+				woken[i] = nil
+			}
+			woken = woken[:0]
+			if int(n) < len(events) {
+				return false
+			}
+		}
+	})
+}
+
+// close stops the parker and starts every parked socket's read loop
+// again; from then on they wait in their reads as plain sockets do.
+func (p *parker) close() {
+	p.mu.Lock()
+	parked := p.parked
+	p.parked = nil
+	p.mu.Unlock()
+	p.file.Close()
+	for _, q := range parked {
+		q.wake()
+	}
+}
+
+// add records q as parked; false once the parker is closed.
+func (p *parker) add(q *parking) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.parked == nil {
+		return false
+	}
+	p.parked[q.fd] = q
+	return true
+}
+
+// forget drops q, if it is the socket parked on its descriptor.
+func (p *parker) forget(q *parking) {
+	p.mu.Lock()
+	if p.parked[q.fd] == q {
+		delete(p.parked, q.fd)
+	}
+	p.mu.Unlock()
+}
+
+// len returns the number of parked sockets.
+func (p *parker) len() int {
+	if p == nil {
+		return 0
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.parked)
+}
+
+// parking is what a parkable connection keeps for the parker.
+type parking struct {
+	conn   *tcpConn
+	parker *parker
+	fd     int32
+	resume func() // runs the read loop again, on a new goroutine
+
+	// frames is fed by the read loop only.
+	frames frameTracker
+	// deadline mirrors the connection's read deadline (unix nanoseconds,
+	// 0 for none): a parked socket's loop must run when it passes.
+	deadline atomic.Int64
+	// disabled: the parker has closed, reads wait as plain ones do.
+	disabled atomic.Bool
+
+	mu         sync.Mutex
+	parked     bool
+	closed     bool
+	registered bool        // added to the epoll set (one-shot: armed only while parked)
+	timer      *time.Timer // wakes the socket at its read deadline
+}
+
+// enableParking makes c parkable by p: from now on its read loop may
+// unwind when idle, and resume restarts it. br is the reader gws reads c
+// through; what it holds already is fed to the frame tracker.
+func (c *tcpConn) enableParking(p *parker, br *bufio.Reader, resume func()) bool {
+	if p == nil {
+		return false
+	}
+	var fd int32 = -1
+	_ = c.raw.Control(func(d uintptr) { fd = int32(d) })
+	if fd < 0 {
+		return false
+	}
+	q := &parking{conn: c, parker: p, fd: fd, resume: resume}
+	if n := br.Buffered(); n > 0 {
+		b, _ := br.Peek(n)
+		q.frames.feed(b)
+	}
+	c.park = q
+	return true
+}
+
+// idle reports whether a read that found nothing may park the socket
+// instead of waiting: at a frame boundary, before the read deadline.
+func (q *parking) idle() bool {
+	if q.disabled.Load() || !q.frames.atBoundary() {
+		return false
+	}
+	d := q.deadline.Load()
+	return d == 0 || time.Now().UnixNano() < d
+}
+
+// park hands the socket to the parker; its read loop has unwound. It
+// reports false when the socket cannot be parked, and the loop must go on.
+func (q *parking) park() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.closed {
+		return false // the read will find the connection closed
+	}
+	if !q.parker.add(q) {
+		q.disabled.Store(true)
+		return false
+	}
+	q.parked = true
+	if d := q.deadline.Load(); d != 0 {
+		q.armTimer(d)
+	}
+	// Armed last: the event may come at once, and then finds q parked
+	// (wake waits for q.mu). epoll_ctl checks readiness as it arms, so
+	// bytes that came since the read found none wake the socket.
+	var errno syscall.Errno
+	err := q.conn.raw.Control(func(fd uintptr) {
+		ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP | syscall.EPOLLONESHOT, Fd: q.fd}
+		op := syscall.EPOLL_CTL_MOD
+		if !q.registered {
+			op = syscall.EPOLL_CTL_ADD
+		}
+		errno = epollCtl(q.parker.epfd, op, int(fd), &ev)
+		if errno == syscall.EEXIST {
+			errno = epollCtl(q.parker.epfd, syscall.EPOLL_CTL_MOD, int(fd), &ev)
+		}
+	})
+	if err != nil || errno != 0 {
+		// Closed meanwhile, or the kernel refused: read on.
+		q.parked = false
+		q.parker.forget(q)
+		q.stopTimer()
+		if errno != 0 {
+			q.disabled.Store(true)
+		}
+		return false
+	}
+	q.registered = true
+	return true
+}
+
+func epollCtl(epfd, op, fd int, ev *syscall.EpollEvent) syscall.Errno {
+	_, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_CTL, uintptr(epfd), uintptr(op), uintptr(fd), uintptr(unsafe.Pointer(ev)), 0, 0)
+	return e
+}
+
+// wake starts a parked socket's read loop again.
+func (q *parking) wake() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.wakeLocked()
+}
+
+func (q *parking) wakeLocked() {
+	if !q.parked {
+		return
+	}
+	q.parked = false
+	q.parker.forget(q)
+	q.stopTimer()
+	go q.resume()
+}
+
+// setDeadline follows a new read deadline; a parked socket's timer moves.
+func (q *parking) setDeadline(t time.Time) {
+	var d int64
+	if !t.IsZero() {
+		d = t.UnixNano()
+	}
+	q.deadline.Store(d)
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.parked {
+		if d == 0 {
+			q.stopTimer()
+		} else {
+			q.armTimer(d)
+		}
+	}
+}
+
+// closeConn wakes a parked socket whose connection has closed: its read
+// loop ends with the read error, as a waiting read's would.
+func (q *parking) closeConn() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.closed = true
+	q.wakeLocked()
+}
+
+func (q *parking) armTimer(d int64) {
+	wait := time.Until(time.Unix(0, d))
+	if q.timer == nil {
+		q.timer = time.AfterFunc(wait, q.wake)
+		return
+	}
+	q.timer.Reset(wait)
+}
+
+func (q *parking) stopTimer() {
+	if q.timer != nil {
+		q.timer.Stop()
+	}
+}
+
+// SetReadDeadline implements net.Conn; a parked socket wakes at it.
+func (c *tcpConn) SetReadDeadline(t time.Time) error {
+	err := c.TCPConn.SetReadDeadline(t)
+	if c.park != nil {
+		c.park.setDeadline(t)
+	}
+	return err
+}
+
+// SetDeadline implements net.Conn; a parked socket wakes at it.
+func (c *tcpConn) SetDeadline(t time.Time) error {
+	err := c.TCPConn.SetDeadline(t)
+	if c.park != nil {
+		c.park.setDeadline(t)
+	}
+	return err
+}
+
+// Close implements net.Conn; a parked socket's read loop runs to its end.
+func (c *tcpConn) Close() error {
+	err := c.TCPConn.Close()
+	if c.park != nil {
+		c.park.closeConn()
+	}
+	return err
+}
