@@ -37,9 +37,12 @@ type Wheel struct {
 	slots   []Timer // sentinels of circular lists
 	current int64   // the last tick processed
 	count   int
+	wakeAt  int64 // the tick the goroutine sleeps until
 
+	kick chan struct{} // a timer was scheduled before wakeAt
 	stop chan struct{}
 	done chan struct{}
+	wakes int // loop turns, for tests
 }
 
 // yieldEvery is how many timers fire between yields of the processor.
@@ -59,6 +62,7 @@ func New(tick time.Duration, slots int) *Wheel {
 		tick:  tick,
 		start: time.Now().Round(0), // wall clock: expiry times are wall times
 		slots: make([]Timer, slots),
+		kick:  make(chan struct{}, 1),
 		stop:  make(chan struct{}),
 		done:  make(chan struct{}),
 	}
@@ -99,6 +103,13 @@ func (w *Wheel) Schedule(t *Timer, at time.Time) {
 	s.prev.next = t
 	s.prev = t
 	w.count++
+	if n < w.wakeAt {
+		w.wakeAt = n
+		select {
+		case w.kick <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // Cancel unschedules t and reports whether it was scheduled.
@@ -136,6 +147,10 @@ func (w *Wheel) Stop() {
 	<-w.done
 }
 
+// run fires what is due, then sleeps until the next tick whose slot holds
+// a timer (a turn of the wheel at most): an idle wheel, or one whose timers
+// are minutes away, does not wake every tick. A Schedule for an earlier
+// tick wakes it.
 func (w *Wheel) run() {
 	defer close(w.done)
 	sleep := time.NewTimer(w.tick)
@@ -145,6 +160,13 @@ func (w *Wheel) run() {
 		select {
 		case <-w.stop:
 			return
+		case <-w.kick:
+			if !sleep.Stop() {
+				select {
+				case <-sleep.C:
+				default:
+				}
+			}
 		case <-sleep.C:
 		}
 		now := time.Now().Round(0)
@@ -161,10 +183,27 @@ func (w *Wheel) run() {
 			}
 		}
 		w.mu.Lock()
-		next := w.start.Add(time.Duration(w.current+1) * w.tick)
+		w.wakes++
+		w.wakeAt = w.nextBusyTick()
+		next := w.start.Add(time.Duration(w.wakeAt) * w.tick)
 		w.mu.Unlock()
 		sleep.Reset(max(0, time.Until(next)))
 	}
+}
+
+// nextBusyTick returns the first tick after current whose slot holds a
+// timer, or the tick a whole turn ahead if none does. (The timer found
+// may be due on a later turn: the wheel then wakes and looks again.)
+func (w *Wheel) nextBusyTick() int64 {
+	n := int64(len(w.slots))
+	if w.count > 0 {
+		for tick := w.current + 1; tick <= w.current+n; tick++ {
+			if s := &w.slots[tick%n]; s.next != s {
+				return tick
+			}
+		}
+	}
+	return w.current + n
 }
 
 // advance processes every tick whose time has come by now and returns the

@@ -99,3 +99,32 @@ func BenchmarkScheduleCancel(b *testing.B) {
 		w.Cancel(t)
 	}
 }
+
+// A wheel whose timers are far off does not wake every tick, and a timer
+// scheduled meanwhile for sooner still fires on time.
+func TestSleepsUntilTheNextTimer(t *testing.T) {
+	w := New(time.Millisecond, 4096)
+	defer w.Stop()
+	w.Schedule(NewTimer(func() {}), time.Now().Add(time.Hour))
+	wakes := func() int {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return w.wakes
+	}
+	before := wakes()
+	time.Sleep(100 * time.Millisecond) // 100 ticks
+	if n := wakes() - before; n > 3 {
+		t.Fatalf("woke %d times in 100 ticks with nothing due", n)
+	}
+	fired := make(chan time.Time, 1)
+	at := time.Now().Add(20 * time.Millisecond)
+	w.Schedule(NewTimer(func() { fired <- time.Now() }), at)
+	select {
+	case got := <-fired:
+		if got.Before(at) {
+			t.Fatalf("fired %v early", at.Sub(got))
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("a timer scheduled while the wheel slept did not fire")
+	}
+}
