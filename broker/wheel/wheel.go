@@ -39,9 +39,9 @@ type Wheel struct {
 	count   int
 	wakeAt  int64 // the tick the goroutine sleeps until
 
-	kick chan struct{} // a timer was scheduled before wakeAt
-	stop chan struct{}
-	done chan struct{}
+	kick  chan struct{} // a timer was scheduled before wakeAt
+	stop  chan struct{}
+	done  chan struct{}
 	wakes int // loop turns, for tests
 }
 
