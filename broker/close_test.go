@@ -93,30 +93,28 @@ func (s *rawSocket) writeText(text string) {
 }
 
 // maskedText is a client's text frame carrying text.
-func maskedText(text string) []byte {
+func maskedText(text string) []byte { return maskedFrame(0x81, []byte(text)) }
+
+// maskedFrame is a client's frame: first is its first byte (FIN and
+// opcode), then the masked payload.
+func maskedFrame(first byte, payload []byte) []byte {
 	mask := [4]byte{9, 8, 7, 6}
-	f := []byte{0x81}
-	if n := len(text); n < 126 {
+	f := []byte{first}
+	if n := len(payload); n < 126 {
 		f = append(f, 0x80|byte(n))
 	} else {
 		f = append(f, 0x80|126, byte(n>>8), byte(n))
 	}
 	f = append(f, mask[:]...)
-	for i := range len(text) {
-		f = append(f, text[i]^mask[i%4])
+	for i, b := range payload {
+		f = append(f, b^mask[i%4])
 	}
 	return f
 }
 
 // writeClose sends a masked close frame with code.
 func (s *rawSocket) writeClose(code uint16) {
-	mask := [4]byte{1, 2, 3, 4}
-	body := binary.BigEndian.AppendUint16(nil, code)
-	f := []byte{0x88, 0x80 | byte(len(body)), mask[0], mask[1], mask[2], mask[3]}
-	for i, b := range body {
-		f = append(f, b^mask[i%4])
-	}
-	if _, err := s.nc.Write(f); err != nil {
+	if _, err := s.nc.Write(maskedFrame(0x88, binary.BigEndian.AppendUint16(nil, code))); err != nil {
 		s.t.Fatal(err)
 	}
 }

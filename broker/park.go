@@ -12,9 +12,10 @@ package broker
 // gws has no way to return from its read loop between frames, so the
 // connection's Read unwinds it with a panic (idleSignal), which read
 // recovers. That is safe because gws is then at a frame boundary with an
-// empty reader: its state for the next frame is what it was before the
-// frame began, the same state a fresh ReadLoop starts from, and nothing on
-// the way (gws's frame parsing, bufio, io.ReadFull) defers anything.
+// empty reader, in the first read of a frame header: nothing of the new
+// frame is read yet, what it keeps between frames (a fragmented message's
+// parts) lives in its Conn, not on the stack, and nothing on the way
+// (gws's frame parsing, bufio, io.ReadFull) defers anything.
 // tcpConn knows where frames end because it sees every byte gws reads
 // (frameTracker); gws's reader calls Read only once it is empty.
 

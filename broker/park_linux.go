@@ -18,8 +18,7 @@ import (
 // descriptor itself on the runtime's netpoller, so an idle chatd has no
 // thread in epoll_wait of its own.
 type parker struct {
-	epfd int
-	file *os.File // epfd, registered with the netpoller
+	file *os.File // the epoll descriptor, registered with the netpoller
 	raw  syscall.RawConn
 
 	mu     sync.Mutex
@@ -43,13 +42,16 @@ func newParker() *parker {
 		f.Close()
 		return nil
 	}
-	p := &parker{epfd: fd, file: f, raw: raw, parked: make(map[int32]*parking)}
+	p := &parker{file: f, raw: raw, parked: make(map[int32]*parking)}
 	go p.run()
 	return p
 }
 
-// run wakes the sockets epoll reports until the parker is closed.
+// run wakes the sockets epoll reports until the parker is closed. Should
+// the wait fail (the netpoller refused the epoll descriptor), the parker
+// closes: parked sockets must not wait for a wakeup that cannot come.
 func (p *parker) run() {
+	defer p.close()
 	events := make([]syscall.EpollEvent, 128)
 	var woken []*parking
 	_ = p.raw.Read(func(fd uintptr) bool {
@@ -133,8 +135,9 @@ type parking struct {
 
 	// frames is fed by the read loop only.
 	frames frameTracker
-	// deadline mirrors the connection's read deadline (unix nanoseconds,
-	// 0 for none): a parked socket's loop must run when it passes.
+	// deadline mirrors the connection's read deadline, on the monotonic
+	// clock as the runtime's is (monotonic(t); 0 for none): a parked
+	// socket's loop must run when it passes.
 	deadline atomic.Int64
 	// disabled: the parker has closed, reads wait as plain ones do.
 	disabled atomic.Bool
@@ -144,6 +147,20 @@ type parking struct {
 	closed     bool
 	registered bool        // added to the epoll set (one-shot: armed only while parked)
 	timer      *time.Timer // wakes the socket at its read deadline
+	timerAt    int64       // the deadline timer is armed for; 0 when not armed
+}
+
+// clockBase anchors monotonic.
+var clockBase = time.Now()
+
+// monotonic returns t on the monotonic clock, in nanoseconds since
+// clockBase (at least 1), or 0 for the zero time. A wall clock stepped
+// back must not hold a parked socket past its deadline.
+func monotonic(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return max(1, int64(t.Sub(clockBase)))
 }
 
 // enableParking makes c parkable by p: from now on its read loop may
@@ -174,7 +191,7 @@ func (q *parking) idle() bool {
 		return false
 	}
 	d := q.deadline.Load()
-	return d == 0 || time.Now().UnixNano() < d
+	return d == 0 || monotonic(time.Now()) < d
 }
 
 // park hands the socket to the parker; its read loop has unwound. It
@@ -190,29 +207,18 @@ func (q *parking) park() bool {
 		return false
 	}
 	q.parked = true
-	if d := q.deadline.Load(); d != 0 {
-		q.armTimer(d)
-	}
+	q.armTimer(q.deadline.Load())
 	// Armed last: the event may come at once, and then finds q parked
 	// (wake waits for q.mu). epoll_ctl checks readiness as it arms, so
 	// bytes that came since the read found none wake the socket.
 	var errno syscall.Errno
 	err := q.conn.raw.Control(func(fd uintptr) {
-		ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP | syscall.EPOLLONESHOT, Fd: q.fd}
-		op := syscall.EPOLL_CTL_MOD
-		if !q.registered {
-			op = syscall.EPOLL_CTL_ADD
-		}
-		errno = epollCtl(q.parker.epfd, op, int(fd), &ev)
-		if errno == syscall.EEXIST {
-			errno = epollCtl(q.parker.epfd, syscall.EPOLL_CTL_MOD, int(fd), &ev)
-		}
+		errno = q.parker.watch(int(fd), q.fd, !q.registered)
 	})
 	if err != nil || errno != 0 {
 		// Closed meanwhile, or the kernel refused: read on.
 		q.parked = false
 		q.parker.forget(q)
-		q.stopTimer()
 		if errno != 0 {
 			q.disabled.Store(true)
 		}
@@ -220,6 +226,25 @@ func (q *parking) park() bool {
 	}
 	q.registered = true
 	return true
+}
+
+// watch arms fd, one-shot, in the epoll set, with key as its event's data.
+func (p *parker) watch(fd int, key int32, add bool) syscall.Errno {
+	errno := syscall.EBADF // the parker is closed
+	// Control: the epoll descriptor cannot be closed (and its number
+	// reused) under the call.
+	_ = p.raw.Control(func(epfd uintptr) {
+		ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP | syscall.EPOLLONESHOT, Fd: key}
+		op := syscall.EPOLL_CTL_MOD
+		if add {
+			op = syscall.EPOLL_CTL_ADD
+		}
+		errno = epollCtl(int(epfd), op, fd, &ev)
+		if errno == syscall.EEXIST {
+			errno = epollCtl(int(epfd), syscall.EPOLL_CTL_MOD, fd, &ev)
+		}
+	})
+	return errno
 }
 
 func epollCtl(epfd, op, fd int, ev *syscall.EpollEvent) syscall.Errno {
@@ -234,31 +259,35 @@ func (q *parking) wake() {
 	q.wakeLocked()
 }
 
+// wakeLocked is wake with q.mu held. The deadline timer stays armed: the
+// socket will most likely park again with the same deadline (the idle
+// deadline moves only every quarter of the timeout), and a timer that
+// fires for a socket not parked does nothing.
 func (q *parking) wakeLocked() {
 	if !q.parked {
 		return
 	}
 	q.parked = false
 	q.parker.forget(q)
-	q.stopTimer()
 	go q.resume()
+}
+
+// deadlinePassed runs on the timer's goroutine.
+func (q *parking) deadlinePassed() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.timerAt = 0
+	q.wakeLocked()
 }
 
 // setDeadline follows a new read deadline; a parked socket's timer moves.
 func (q *parking) setDeadline(t time.Time) {
-	var d int64
-	if !t.IsZero() {
-		d = t.UnixNano()
-	}
+	d := monotonic(t)
 	q.deadline.Store(d)
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.parked {
-		if d == 0 {
-			q.stopTimer()
-		} else {
-			q.armTimer(d)
-		}
+		q.armTimer(d)
 	}
 }
 
@@ -269,20 +298,25 @@ func (q *parking) closeConn() {
 	defer q.mu.Unlock()
 	q.closed = true
 	q.wakeLocked()
-}
-
-func (q *parking) armTimer(d int64) {
-	wait := time.Until(time.Unix(0, d))
-	if q.timer == nil {
-		q.timer = time.AfterFunc(wait, q.wake)
-		return
-	}
-	q.timer.Reset(wait)
-}
-
-func (q *parking) stopTimer() {
 	if q.timer != nil {
 		q.timer.Stop()
+	}
+}
+
+// armTimer makes the deadline timer fire at d (0: not at all), unless it
+// is armed for d already.
+func (q *parking) armTimer(d int64) {
+	switch {
+	case d == q.timerAt:
+	case d == 0:
+		q.timer.Stop()
+		q.timerAt = 0
+	case q.timer == nil:
+		q.timer = time.AfterFunc(time.Duration(d-monotonic(time.Now())), q.deadlinePassed)
+		q.timerAt = d
+	default:
+		q.timer.Reset(time.Duration(d - monotonic(time.Now())))
+		q.timerAt = d
 	}
 }
 

@@ -126,3 +126,33 @@ func TestBrokerCloseUnparksSockets(t *testing.T) {
 	c.send(map[string]any{"type": "who", "room": "general"})
 	c.expect("presence")
 }
+
+// A socket parks between the fragments of a message, and a ping between
+// them is answered: gws keeps a message's parts in its Conn, not on the
+// read loop's stack, so the loop can unwind there.
+func TestSocketParksBetweenFragments(t *testing.T) {
+	e, parked := parkedEnv(t, broker.Options{})
+	s := e.rawDial(t, e.token("fragments"))
+	if _, _, err := s.next(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	text := `{"type":"send","room":"general","text":"in three parts"}`
+	write := func(f []byte) {
+		t.Helper()
+		if _, err := s.nc.Write(f); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 5*time.Second, "the socket parked", func() bool { return parked() == 1 })
+	}
+	write(maskedFrame(0x01, []byte(text[:10])))   // text, not final
+	write(maskedFrame(0x00, []byte(text[10:20]))) // continuation, not final
+	write(maskedFrame(0x89, []byte("p")))         // ping
+	if op, p, err := s.next(5 * time.Second); err != nil || op != 0xA || string(p) != "p" {
+		t.Fatalf("got op %x %q %v, want the pong", op, p, err)
+	}
+	write(maskedFrame(0x80, []byte(text[20:]))) // continuation, final
+	_, p, err := s.next(5 * time.Second)
+	if err != nil || !strings.Contains(string(p), `"text":"in three parts"`) {
+		t.Fatalf("got %q %v, want the message", p, err)
+	}
+}
