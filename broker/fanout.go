@@ -1,6 +1,9 @@
 package broker
 
-import "sync"
+import (
+	"runtime"
+	"sync"
+)
 
 // fanout writes a broadcast to the members it found idle. Each idle member
 // would otherwise start a flusher goroutine of its own: at a thousand
@@ -50,6 +53,10 @@ func (f *fanout) start() {
 // drainAll writes each outbox of chunk in turn, then returns the chunk to
 // the pool.
 func drainAll(chunk *[]*outbox) {
+	// Let the read loops already runnable (other senders' messages)
+	// broadcast first: their frames then join this chunk's writes, and
+	// each member gets more frames per write.
+	runtime.Gosched()
 	for _, o := range *chunk {
 		o.drain()
 	}
