@@ -148,8 +148,8 @@ func (w *Wheel) Stop() {
 }
 
 // run fires what is due, then sleeps until the next tick whose slot holds
-// a timer (a turn of the wheel at most): an idle wheel, or one whose timers
-// are minutes away, does not wake every tick. A Schedule for an earlier
+// a timer (maxSleep at most): an idle wheel, or one whose timers are
+// minutes away, does not wake every tick. A Schedule for an earlier
 // tick wakes it.
 func (w *Wheel) run() {
 	defer close(w.done)
@@ -191,19 +191,25 @@ func (w *Wheel) run() {
 	}
 }
 
+// maxSleep bounds the wheel's sleep. Ticks are wall-clock times and the
+// sleep runs on the monotonic clock: after the wall clock steps forward
+// (NTP, a resumed VM), timers already due wait for the sleep to end.
+const maxSleep = 100 * time.Millisecond
+
 // nextBusyTick returns the first tick after current whose slot holds a
-// timer, or the tick a whole turn ahead if none does. (The timer found
-// may be due on a later turn: the wheel then wakes and looks again.)
+// timer, looking no further than maxSleep (and a turn) ahead. (The timer
+// found may be due on a later turn: the wheel then wakes and looks again.)
 func (w *Wheel) nextBusyTick() int64 {
 	n := int64(len(w.slots))
+	limit := w.current + max(1, min(n, int64(maxSleep/w.tick)))
 	if w.count > 0 {
-		for tick := w.current + 1; tick <= w.current+n; tick++ {
+		for tick := w.current + 1; tick < limit; tick++ {
 			if s := &w.slots[tick%n]; s.next != s {
 				return tick
 			}
 		}
 	}
-	return w.current + n
+	return limit
 }
 
 // advance processes every tick whose time has come by now and returns the

@@ -112,9 +112,9 @@ func TestSleepsUntilTheNextTimer(t *testing.T) {
 		return w.wakes
 	}
 	before := wakes()
-	time.Sleep(100 * time.Millisecond) // 100 ticks
-	if n := wakes() - before; n > 3 {
-		t.Fatalf("woke %d times in 100 ticks with nothing due", n)
+	time.Sleep(300 * time.Millisecond) // 300 ticks, 3 maxSleeps
+	if n := wakes() - before; n > 6 {
+		t.Fatalf("woke %d times in 300 ticks with nothing due", n)
 	}
 	fired := make(chan time.Time, 1)
 	at := time.Now().Add(20 * time.Millisecond)
@@ -126,5 +126,27 @@ func TestSleepsUntilTheNextTimer(t *testing.T) {
 		}
 	case <-time.After(2 * time.Second):
 		t.Fatal("a timer scheduled while the wheel slept did not fire")
+	}
+}
+
+// A step of the wall clock forward fires what it made due within
+// maxSleep, not after the rest of a long sleep.
+func TestWallClockStepForward(t *testing.T) {
+	w := New(time.Millisecond, 4096)
+	defer w.Stop()
+	fired := make(chan time.Time, 1)
+	w.Schedule(NewTimer(func() { fired <- time.Now() }), time.Now().Add(10*time.Second))
+	time.Sleep(20 * time.Millisecond) // the wheel is asleep
+	w.mu.Lock()
+	w.start = w.start.Add(-10 * time.Second) // as if the clock had jumped 10 s
+	stepped := time.Now()
+	w.mu.Unlock()
+	select {
+	case got := <-fired:
+		if late := got.Sub(stepped); late > maxSleep+50*time.Millisecond {
+			t.Fatalf("fired %v after the step", late)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the timer did not fire after the step")
 	}
 }
