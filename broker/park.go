@@ -1,7 +1,7 @@
 package broker
 
 // An idle socket holds no goroutine where the platform allows it
-// (park_linux.go). A goroutine parked in a read costs its stack, 4 KiB
+// (park_linux.go, parker_linux.go). A goroutine parked in a read costs its stack, 4 KiB
 // once it has handled a frame (Go never shrinks a stack in use below a
 // quarter), plus its g: about half of what an idle socket cost chatd. So a
 // socket's read loop runs only while there is something to read. When
