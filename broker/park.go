@@ -1,9 +1,10 @@
 package broker
 
 // An idle socket holds no goroutine where the platform allows it
-// (park_linux.go, parker_linux.go). A goroutine parked in a read costs its stack, 4 KiB
-// once it has handled a frame (Go never shrinks a stack in use below a
-// quarter), plus its g: about half of what an idle socket cost chatd. So a
+// (park_linux.go, parker_linux.go). A goroutine parked in a read costs
+// its stack, 4 KiB once it has handled a frame (Go never shrinks a stack
+// in use below a quarter), plus its g: about half of what an idle socket
+// cost chatd. So a
 // socket's read loop runs only while there is something to read. When
 // its reads find nothing at a frame boundary, the loop unwinds, and a
 // parker (one epoll instance, watched by one goroutine) starts it again
