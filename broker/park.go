@@ -4,11 +4,11 @@ package broker
 // (park_linux.go, parker_linux.go). A goroutine parked in a read costs
 // its stack, 4 KiB once it has handled a frame (Go never shrinks a stack
 // in use below a quarter), plus its g: about half of what an idle socket
-// cost chatd. So a
-// socket's read loop runs only while there is something to read. When
-// its reads find nothing at a frame boundary, the loop unwinds, and a
-// parker (one epoll instance, watched by one goroutine) starts it again
-// when bytes arrive, the read deadline passes or the connection closes.
+// cost chatd. So a socket's read loop runs only while there is something
+// to read. When its reads find nothing at a frame boundary, the loop
+// unwinds, and a parker (one epoll instance, watched by one goroutine)
+// starts it again when bytes arrive, the read deadline passes or the
+// connection closes.
 //
 // gws has no way to return from its read loop between frames, so the
 // connection's Read unwinds it with a panic (idleSignal), which read
