@@ -87,7 +87,9 @@ Pin them apart for clean figures: taskset -c 0 chatd ..., taskset -c 1 chatbench
 limit) and merges their HDR histograms exactly; --source-ips
 127.0.0.2-127.0.0.9 spreads sockets past one address's ephemeral ports.
 At the end: a table, or with --json one JSON object; --plot FILE.png draws
-deliveries/s and p50/p99 latency over time.
+deliveries/s and p50/p99 latency over time. On Linux both report the CPU
+steal time (the hypervisor's share of each CPU) during the run and, in
+the timeline, each second's: latency in stolen seconds is the host's.
 
 Flags:
 `

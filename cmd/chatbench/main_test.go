@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -105,6 +106,9 @@ func TestCommands(t *testing.T) {
 		}
 		if s.Server == nil || s.Server.RSSAfter <= 0 {
 			t.Errorf("connect: no server memory from /metrics: %+v", s.Server)
+		}
+		if runtime.GOOS == "linux" && (s.Steal == nil || len(s.Steal.PercentByCPU) == 0) {
+			t.Errorf("connect: no CPU steal from /proc/stat: %+v", s.Steal)
 		}
 	})
 

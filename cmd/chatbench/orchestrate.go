@@ -415,6 +415,8 @@ func orchestrate(ctx context.Context, o *options, stderr io.Writer) (*summary, e
 	if err != nil {
 		return nil, fmt.Errorf("tokens: %w", err)
 	}
+	steal := startSteal("/proc/stat")
+	defer steal.close()
 	base, _ := load.HTTPBase(o.url)
 	var memBefore serverMemory
 	if !o.noMetrics && (o.cmd == "connect" || o.cmd == "soak") {
@@ -520,6 +522,7 @@ func orchestrate(ctx context.Context, o *options, stderr io.Writer) (*summary, e
 		}
 	}
 	s := summarize(o, results, memBefore)
+	s.addSteal(steal.finish())
 	if probe != nil && s.Expiry != nil {
 		lat := probe.Stop()
 		probe = nil

@@ -34,6 +34,9 @@ type summary struct {
 	Reconnects        int            `json:"reconnects,omitempty"`
 	ReconnectFailures int            `json:"reconnect_failures,omitempty"`
 
+	// Steal is the hypervisor's share of each CPU during the run (Linux).
+	Steal *stealSummary `json:"steal,omitempty"`
+
 	Timeline []timelinePoint `json:"timeline,omitempty"`
 }
 
@@ -99,10 +102,22 @@ type memorySummary struct {
 }
 
 type timelinePoint struct {
-	Unix                int64   `json:"unix"`
-	DeliveriesPerSecond int64   `json:"deliveries_per_second"`
-	P50                 float64 `json:"p50_ms"`
-	P99                 float64 `json:"p99_ms"`
+	Unix                int64    `json:"unix"`
+	DeliveriesPerSecond int64    `json:"deliveries_per_second"`
+	P50                 float64  `json:"p50_ms"`
+	P99                 float64  `json:"p99_ms"`
+	StealPercent        *float64 `json:"steal_percent,omitempty"` // the worst CPU's, that second, where sampled
+}
+
+// addSteal adds the steal sampled during the run to s.
+func (s *summary) addSteal(sum *stealSummary, bySecond map[int64]float64) {
+	s.Steal = sum
+	for i := range s.Timeline {
+		if p, ok := bySecond[s.Timeline[i].Unix]; ok {
+			p = round1(p)
+			s.Timeline[i].StealPercent = &p
+		}
+	}
 }
 
 // summarize merges the workers' results.
@@ -261,6 +276,17 @@ func printTable(w io.Writer, s *summary) {
 			row("server RSS per socket", fmt.Sprintf("%.0f B (%.2f KiB)", m.RSSPerSocket, m.RSSPerSocket/1024))
 			row("server heap per socket", fmt.Sprintf("%.0f B (%.2f KiB)", m.HeapPerSocket, m.HeapPerSocket/1024))
 		}
+	}
+	if st := s.Steal; st != nil {
+		cpus := make([]string, 0, len(st.PercentByCPU))
+		for cpu := range st.PercentByCPU {
+			cpus = append(cpus, cpu)
+		}
+		sort.Strings(cpus)
+		for i, cpu := range cpus {
+			cpus[i] = fmt.Sprintf("%s %.1f%%", cpu, st.PercentByCPU[cpu])
+		}
+		row("CPU steal (hypervisor)", fmt.Sprintf("%s; worst second %.1f%%", strings.Join(cpus, ", "), st.WorstSecondPercent))
 	}
 	if s.Reconnects > 0 || s.ReconnectFailures > 0 {
 		row("reconnects (failed)", fmt.Sprintf("%d (%d)", s.Reconnects, s.ReconnectFailures))
