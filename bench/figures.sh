@@ -70,7 +70,7 @@ for fig in "${figures[@]}"; do
 	paced)
 		bench paced paced --sockets 1000 --rate 100 --senders 10 --size 64 --duration 20s
 		echo "paced 100 msg/s into 1000: p50 $(median paced .messages.p50_ms) ms, p99 $(median paced .messages.p99_ms) ms," \
-			"lost $(median paced .messages.lost)"
+			"lost $(median paced .messages.lost); steal on chatd's core $(median paced '.steal.percent_by_cpu.cpu0 // 0')%"
 		;;
 	paced-read) # the same, timed when chatbench reads each frame (--clock read)
 		bench paced-read paced --sockets 1000 --rate 100 --senders 10 --size 64 --duration 20s --clock read
