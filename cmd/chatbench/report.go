@@ -3,8 +3,9 @@ package main
 import (
 	"fmt"
 	"io"
+	"maps"
 	"math"
-	"sort"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -278,27 +279,19 @@ func printTable(w io.Writer, s *summary) {
 		}
 	}
 	if st := s.Steal; st != nil {
-		cpus := make([]string, 0, len(st.PercentByCPU))
-		for cpu := range st.PercentByCPU {
-			cpus = append(cpus, cpu)
-		}
-		sort.Strings(cpus)
-		for i, cpu := range cpus {
-			cpus[i] = fmt.Sprintf("%s %.1f%%", cpu, st.PercentByCPU[cpu])
-		}
-		row("CPU steal (hypervisor)", fmt.Sprintf("%s; worst second %.1f%%", strings.Join(cpus, ", "), st.WorstSecondPercent))
+		row("CPU steal (hypervisor)", fmt.Sprintf("%s; worst second %.1f%%", mapString(st.PercentByCPU, "%s %.1f%%"), st.WorstSecondPercent))
 	}
 	if s.Reconnects > 0 || s.ReconnectFailures > 0 {
 		row("reconnects (failed)", fmt.Sprintf("%d (%d)", s.Reconnects, s.ReconnectFailures))
 	}
 	if len(s.DialErrors) > 0 {
-		row("dial errors", mapString(s.DialErrors))
+		row("dial errors", mapString(s.DialErrors, "%s: %d"))
 	}
 	if len(s.Errors) > 0 {
-		row("error frames", mapString(s.Errors))
+		row("error frames", mapString(s.Errors, "%s: %d"))
 	}
 	if len(s.Closes) > 0 {
-		row("unexpected closes", mapString(s.Closes))
+		row("unexpected closes", mapString(s.Closes, "%s: %d"))
 	}
 	verdict := "ok"
 	if !s.OK {
@@ -308,15 +301,11 @@ func printTable(w io.Writer, s *summary) {
 	_ = tw.Flush()
 }
 
-func mapString(m map[string]int) string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	parts := make([]string, len(keys))
-	for i, k := range keys {
-		parts[i] = fmt.Sprintf("%s: %d", k, m[k])
+// mapString formats m's entries with format (key, value), by key.
+func mapString[V any](m map[string]V, format string) string {
+	parts := make([]string, 0, len(m))
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		parts = append(parts, fmt.Sprintf(format, k, m[k]))
 	}
 	return strings.Join(parts, ", ")
 }
