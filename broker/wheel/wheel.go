@@ -59,8 +59,13 @@ func New(tick time.Duration, slots int) *Wheel {
 		slots = 4096
 	}
 	w := &Wheel{
-		tick:  tick,
-		start: time.Now().Round(0), // wall clock: expiry times are wall times
+		tick: tick,
+		// Wall clock, as expiry times are wall times; and a multiple of
+		// tick, so that ticks fall on whole seconds where tokens' exps do
+		// (for a tick dividing a second). With an arbitrary start, a timer
+		// at a whole second would wait for the next tick, up to one tick
+		// late, every socket of an expiry burst included.
+		start: time.Now().Truncate(tick),
 		slots: make([]Timer, slots),
 		kick:  make(chan struct{}, 1),
 		stop:  make(chan struct{}),

@@ -150,3 +150,20 @@ func TestWallClockStepForward(t *testing.T) {
 		t.Fatal("the timer did not fire after the step")
 	}
 }
+
+// Tokens expire at whole seconds: a tick must fall on each of them, or
+// every socket of an expiry burst waits up to a tick for the next one.
+func TestTicksFallOnWholeSeconds(t *testing.T) {
+	for _, tick := range []time.Duration{time.Millisecond, 2 * time.Millisecond, 5 * time.Millisecond, 10 * time.Millisecond} {
+		w := New(tick, 0)
+		w.Stop()
+		next := time.Now().Truncate(time.Second).Add(time.Second)
+		for s := range 3 {
+			exp := next.Add(time.Duration(s) * time.Second)
+			n := w.tickOf(exp)
+			if at := w.start.Add(time.Duration(n) * tick); !at.Equal(exp) {
+				t.Errorf("tick %v: a timer at %v fires at the tick of %v, %v late", tick, exp, at, at.Sub(exp))
+			}
+		}
+	}
+}
