@@ -6,7 +6,12 @@
 #   bench/figures.sh            # all figures, 3 runs each (about 15 minutes)
 #   RUNS=5 bench/figures.sh fanout paced
 #   PLOTS=bench/plots bench/figures.sh plots   # redraw the plots of BENCHMARKS.md
+#   HALTPOLL_NS=20000000 bench/figures.sh paced  # with guest halt polling (root)
 #
+# HALTPOLL_NS sets the KVM guest's cpuidle-haltpoll polling time for the
+# runs and puts the old one back at the end: on a VM whose host is slow to
+# wake a halted vCPU, that wake-up is the "steal" that sets paced p99
+# (BENCHMARKS.md, "Steal is the wake-up of an idle vCPU").
 # Everything goes to 127.0.0.1:$PORT; every run is bounded in time.
 set -euo pipefail
 
@@ -42,7 +47,24 @@ stop_chatd() {
 		chatd_pid=
 	fi
 }
-trap stop_chatd EXIT
+HALTPOLL=/sys/module/haltpoll/parameters/guest_halt_poll_ns
+old_haltpoll=
+restore_haltpoll() {
+	if [ -n "$old_haltpoll" ]; then
+		echo "$old_haltpoll" >"$HALTPOLL"
+		old_haltpoll=
+	fi
+}
+trap 'stop_chatd; restore_haltpoll' EXIT
+if [ -n "${HALTPOLL_NS:-}" ]; then
+	if [ ! -w "$HALTPOLL" ]; then
+		echo "HALTPOLL_NS needs root and a KVM guest with the cpuidle-haltpoll driver ($HALTPOLL)" >&2
+		exit 2
+	fi
+	old_haltpoll=$(cat "$HALTPOLL")
+	echo "$HALTPOLL_NS" >"$HALTPOLL"
+	echo "guest halt polling $HALTPOLL_NS ns for these runs (was $old_haltpoll)"
+fi
 
 bench() { # NAME ARGS...: RUNS runs into $OUT/NAME.N.json
 	local name=$1

@@ -280,6 +280,9 @@ func printTable(w io.Writer, s *summary) {
 	}
 	if st := s.Steal; st != nil {
 		row("CPU steal (hypervisor)", fmt.Sprintf("%s; worst second %.1f%%", mapString(st.PercentByCPU, "%s %.1f%%"), st.WorstSecondPercent))
+		if ns := st.GuestHaltPollNs; ns != nil {
+			row("guest halt polling", haltPollString(*ns))
+		}
 	}
 	if s.Reconnects > 0 || s.ReconnectFailures > 0 {
 		row("reconnects (failed)", fmt.Sprintf("%d (%d)", s.Reconnects, s.ReconnectFailures))

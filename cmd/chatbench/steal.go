@@ -10,18 +10,42 @@ import (
 	"time"
 )
 
-// On a virtual machine the hypervisor takes CPUs away in bursts (steal
-// time), and a server's latency in those seconds says more about the host
-// than the server: on the project's machine, seconds with over 12% steal
-// on the server's core had a p99 six times that of seconds with none
-// (BENCHMARKS.md). So chatbench samples the kernel's per-CPU steal
-// (/proc/stat) once a second through the run and reports it beside the
-// figures: the run's share per CPU, and each timeline second's worst CPU.
+// On a virtual machine the hypervisor takes CPUs away (steal time), and a
+// server's latency in those seconds says more about the host than the
+// server: on the project's machine, seconds with over 12% steal on the
+// server's core had a p99 six times that of seconds with none
+// (BENCHMARKS.md). There the steal is the host's delay in waking a vCPU
+// that halted while idle: busy vCPUs see none, and a guest whose idle
+// vCPUs poll before halting (the cpuidle-haltpoll driver's
+// guest_halt_poll_ns) sees almost none. So chatbench samples the kernel's
+// per-CPU steal (/proc/stat) once a second through the run and reports it
+// beside the figures: the run's share per CPU, each timeline second's
+// worst CPU, and the guest's halt polling.
 
 // stealSummary is the report's "steal" object.
 type stealSummary struct {
 	PercentByCPU       map[string]float64 `json:"percent_by_cpu"`
 	WorstSecondPercent float64            `json:"worst_second_percent"`
+	// GuestHaltPollNs is how long an idle vCPU polls before it halts (0:
+	// it halts at once); absent where the guest has no haltpoll driver.
+	GuestHaltPollNs *int64 `json:"guest_halt_poll_ns,omitempty"`
+}
+
+// haltPollPath holds the cpuidle-haltpoll driver's polling time of a KVM
+// guest.
+const haltPollPath = "/sys/module/haltpoll/parameters/guest_halt_poll_ns"
+
+// guestHaltPoll reads the halt polling time at path; nil where there is none.
+func guestHaltPoll(path string) *int64 {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil
+	}
+	ns, err := strconv.ParseInt(strings.TrimSpace(string(data)), 10, 64)
+	if err != nil {
+		return nil
+	}
+	return &ns
 }
 
 // cpuTimes is one /proc/stat line: all its times, and the steal among them.
@@ -99,7 +123,7 @@ func (s *stealSampler) finish() (sum *stealSummary, bySecond map[int64]float64) 
 	if err != nil {
 		end = s.last
 	}
-	sum = &stealSummary{PercentByCPU: map[string]float64{}}
+	sum = &stealSummary{PercentByCPU: map[string]float64{}, GuestHaltPollNs: guestHaltPoll(haltPollPath)}
 	for cpu, t := range end {
 		sum.PercentByCPU[cpu] = round1(stealPercent(s.first[cpu], t))
 	}
@@ -154,4 +178,12 @@ func parseCPUTimes(data []byte) map[string]cpuTimes {
 		out[f[0]] = t
 	}
 	return out
+}
+
+// haltPollString describes a guest halt polling time for the table.
+func haltPollString(ns int64) string {
+	if ns <= 0 {
+		return "off (an idle vCPU halts at once)"
+	}
+	return time.Duration(ns).String() + " before an idle vCPU halts"
 }

@@ -54,3 +54,27 @@ cpu1 250 0 100 4500 0 0 0 10 0 0
 		t.Error("a sampler without /proc/stat")
 	}
 }
+
+func TestGuestHaltPoll(t *testing.T) {
+	dir := t.TempDir()
+	for _, c := range []struct {
+		content string
+		want    int64
+		ok      bool
+	}{{"0\n", 0, true}, {"200000\n", 200000, true}, {"poll\n", 0, false}} {
+		path := filepath.Join(dir, "guest_halt_poll_ns")
+		if err := os.WriteFile(path, []byte(c.content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		got := guestHaltPoll(path)
+		if (got != nil) != c.ok || (got != nil && *got != c.want) {
+			t.Errorf("%q: got %v, want %d (ok %v)", c.content, got, c.want, c.ok)
+		}
+	}
+	if guestHaltPoll(filepath.Join(dir, "missing")) != nil {
+		t.Error("a halt polling time without the file")
+	}
+	if got := haltPollString(20_000_000); got != "20ms before an idle vCPU halts" {
+		t.Errorf("haltPollString: %q", got)
+	}
+}
