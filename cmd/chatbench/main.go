@@ -89,7 +89,9 @@ limit) and merges their HDR histograms exactly; --source-ips
 At the end: a table, or with --json one JSON object; --plot FILE.png draws
 deliveries/s and p50/p99 latency over time. On Linux both report the CPU
 steal time (the hypervisor's share of each CPU) during the run and, in
-the timeline, each second's: latency in stolen seconds is the host's.
+the timeline, each second's: latency in stolen seconds is the host's. On
+a KVM guest they also report its halt polling: where an idle vCPU halts
+at once, waking it is the steal (BENCHMARKS.md).
 
 Flags:
 `
