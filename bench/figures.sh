@@ -8,10 +8,11 @@
 #   PLOTS=bench/plots bench/figures.sh plots   # redraw the plots of BENCHMARKS.md
 #   HALTPOLL_NS=20000000 bench/figures.sh paced  # with guest halt polling (root)
 #
-# HALTPOLL_NS sets the KVM guest's cpuidle-haltpoll polling time for the
-# runs and puts the old one back at the end: on a VM whose host is slow to
-# wake a halted vCPU, that wake-up is the "steal" that sets paced p99
-# (BENCHMARKS.md, "Steal is the wake-up of an idle vCPU").
+# HALTPOLL_NS sets how long an idle vCPU may poll before it halts (a KVM
+# guest's haltpoll cpuidle governor) for the runs, and puts the old limit
+# back at the end: on a VM whose host is slow to wake a halted vCPU, that
+# wake-up is the "steal" that sets paced p99 (BENCHMARKS.md, "Steal is the
+# wake-up of an idle vCPU").
 # Everything goes to 127.0.0.1:$PORT; every run is bounded in time.
 set -euo pipefail
 
@@ -55,10 +56,15 @@ restore_haltpoll() {
 		old_haltpoll=
 	fi
 }
-trap 'stop_chatd; restore_haltpoll' EXIT
+trap 'restore_haltpoll; stop_chatd' EXIT
 if [ -n "${HALTPOLL_NS:-}" ]; then
-	if [ ! -w "$HALTPOLL" ]; then
-		echo "HALTPOLL_NS needs root and a KVM guest with the cpuidle-haltpoll driver ($HALTPOLL)" >&2
+	if ! [[ $HALTPOLL_NS =~ ^[0-9]+$ ]]; then
+		echo "HALTPOLL_NS is in nanoseconds, a whole number (20 ms: 20000000), not $HALTPOLL_NS" >&2
+		exit 2
+	fi
+	governor=$(cat /sys/devices/system/cpu/cpuidle/current_governor_ro 2>/dev/null || true)
+	if [ "$governor" != haltpoll ] || [ ! -w "$HALTPOLL" ]; then
+		echo "HALTPOLL_NS needs root and a KVM guest idling with the haltpoll governor (in use: ${governor:-none}; $HALTPOLL)" >&2
 		exit 2
 	fi
 	old_haltpoll=$(cat "$HALTPOLL")

@@ -88,10 +88,11 @@ limit) and merges their HDR histograms exactly; --source-ips
 127.0.0.2-127.0.0.9 spreads sockets past one address's ephemeral ports.
 At the end: a table, or with --json one JSON object; --plot FILE.png draws
 deliveries/s and p50/p99 latency over time. On Linux both report the CPU
-steal time (the hypervisor's share of each CPU) during the run and, in
-the timeline, each second's: latency in stolen seconds is the host's. On
-a KVM guest they also report its halt polling: where an idle vCPU halts
-at once, waking it is the steal (BENCHMARKS.md).
+steal time (the time each vCPU waited for the host) during the run and,
+in the timeline, each second's: latency in stolen seconds is the host's.
+On a KVM guest idling with the haltpoll governor they also report its
+polling limit: where an idle vCPU halts at once, waking it is the steal
+(BENCHMARKS.md).
 
 Flags:
 `

@@ -35,7 +35,7 @@ type summary struct {
 	Reconnects        int            `json:"reconnects,omitempty"`
 	ReconnectFailures int            `json:"reconnect_failures,omitempty"`
 
-	// Steal is the hypervisor's share of each CPU during the run (Linux).
+	// Steal is the time each CPU waited for the host during the run (Linux).
 	Steal *stealSummary `json:"steal,omitempty"`
 
 	Timeline []timelinePoint `json:"timeline,omitempty"`

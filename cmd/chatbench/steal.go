@@ -10,34 +10,44 @@ import (
 	"time"
 )
 
-// On a virtual machine the hypervisor takes CPUs away (steal time), and a
+// On a virtual machine a vCPU can wait for the host (steal time), and a
 // server's latency in those seconds says more about the host than the
 // server: on the project's machine, seconds with over 12% steal on the
 // server's core had a p99 six times that of seconds with none
-// (BENCHMARKS.md). There the steal is the host's delay in waking a vCPU
-// that halted while idle: busy vCPUs see none, and a guest whose idle
-// vCPUs poll before halting (the cpuidle-haltpoll driver's
-// guest_halt_poll_ns) sees almost none. So chatbench samples the kernel's
-// per-CPU steal (/proc/stat) once a second through the run and reports it
-// beside the figures: the run's share per CPU, each timeline second's
-// worst CPU, and the guest's halt polling.
+// (BENCHMARKS.md). There the steal is mostly the host's delay in waking a
+// vCPU that halted while idle: busy vCPUs see none, and idle vCPUs that
+// poll before halting (a KVM guest's haltpoll cpuidle governor) see almost
+// none. So chatbench samples the kernel's per-CPU steal (/proc/stat) once
+// a second through the run and reports it beside the figures: the run's
+// share per CPU, each timeline second's worst CPU, and the guest's halt
+// polling.
 
 // stealSummary is the report's "steal" object.
 type stealSummary struct {
 	PercentByCPU       map[string]float64 `json:"percent_by_cpu"`
 	WorstSecondPercent float64            `json:"worst_second_percent"`
-	// GuestHaltPollNs is how long an idle vCPU polls before it halts (0:
-	// it halts at once); absent where the guest has no haltpoll driver.
+	// GuestHaltPollNs is how long an idle vCPU may poll before it halts
+	// (0: it halts at once); absent unless the haltpoll governor is in use.
 	GuestHaltPollNs *int64 `json:"guest_halt_poll_ns,omitempty"`
 }
 
-// haltPollPath holds the cpuidle-haltpoll driver's polling time of a KVM
-// guest.
-const haltPollPath = "/sys/module/haltpoll/parameters/guest_halt_poll_ns"
+// haltPoll says where a KVM guest's haltpoll cpuidle governor keeps its
+// polling limit, and where the kernel names the governor in use: the
+// parameter exists, with its default, wherever the governor is built in,
+// even where another governor idles the CPUs.
+var haltPoll = struct{ limit, governor string }{
+	limit:    "/sys/module/haltpoll/parameters/guest_halt_poll_ns",
+	governor: "/sys/devices/system/cpu/cpuidle/current_governor_ro",
+}
 
-// guestHaltPoll reads the halt polling time at path; nil where there is none.
-func guestHaltPoll(path string) *int64 {
-	data, err := os.ReadFile(path)
+// guestHaltPoll reads the haltpoll governor's polling limit; nil unless
+// that governor is the one in use.
+func guestHaltPoll() *int64 {
+	gov, err := os.ReadFile(haltPoll.governor)
+	if err != nil || strings.TrimSpace(string(gov)) != "haltpoll" {
+		return nil
+	}
+	data, err := os.ReadFile(haltPoll.limit)
 	if err != nil {
 		return nil
 	}
@@ -123,7 +133,7 @@ func (s *stealSampler) finish() (sum *stealSummary, bySecond map[int64]float64) 
 	if err != nil {
 		end = s.last
 	}
-	sum = &stealSummary{PercentByCPU: map[string]float64{}, GuestHaltPollNs: guestHaltPoll(haltPollPath)}
+	sum = &stealSummary{PercentByCPU: map[string]float64{}, GuestHaltPollNs: guestHaltPoll()}
 	for cpu, t := range end {
 		sum.PercentByCPU[cpu] = round1(stealPercent(s.first[cpu], t))
 	}
@@ -185,5 +195,5 @@ func haltPollString(ns int64) string {
 	if ns <= 0 {
 		return "off (an idle vCPU halts at once)"
 	}
-	return time.Duration(ns).String() + " before an idle vCPU halts"
+	return "an idle vCPU polls up to " + time.Duration(ns).String() + " before it halts"
 }

@@ -1,8 +1,11 @@
 package main
 
 import (
+	"bytes"
+	"encoding/json"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -55,26 +58,67 @@ cpu1 250 0 100 4500 0 0 0 10 0 0
 	}
 }
 
+// The halt polling limit counts only where the haltpoll governor idles
+// the CPUs.
 func TestGuestHaltPoll(t *testing.T) {
 	dir := t.TempDir()
-	for _, c := range []struct {
-		content string
-		want    int64
-		ok      bool
-	}{{"0\n", 0, true}, {"200000\n", 200000, true}, {"poll\n", 0, false}} {
-		path := filepath.Join(dir, "guest_halt_poll_ns")
-		if err := os.WriteFile(path, []byte(c.content), 0o600); err != nil {
+	saved := haltPoll
+	defer func() { haltPoll = saved }()
+	haltPoll.limit = filepath.Join(dir, "guest_halt_poll_ns")
+	haltPoll.governor = filepath.Join(dir, "current_governor_ro")
+	write := func(path, content string) {
+		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		got := guestHaltPoll(path)
+	}
+	if guestHaltPoll() != nil {
+		t.Error("a halt polling limit without the files")
+	}
+	for _, c := range []struct {
+		governor, limit string
+		want            int64
+		ok              bool
+	}{
+		{"haltpoll\n", "0\n", 0, true},
+		{"haltpoll\n", "200000\n", 200000, true},
+		{"haltpoll\n", "poll\n", 0, false},
+		{"menu\n", "200000\n", 0, false}, // built in, not in use
+	} {
+		write(haltPoll.governor, c.governor)
+		write(haltPoll.limit, c.limit)
+		got := guestHaltPoll()
 		if (got != nil) != c.ok || (got != nil && *got != c.want) {
-			t.Errorf("%q: got %v, want %d (ok %v)", c.content, got, c.want, c.ok)
+			t.Errorf("governor %q, limit %q: got %v, want %d (ok %v)", c.governor, c.limit, got, c.want, c.ok)
 		}
 	}
-	if guestHaltPoll(filepath.Join(dir, "missing")) != nil {
-		t.Error("a halt polling time without the file")
-	}
-	if got := haltPollString(20_000_000); got != "20ms before an idle vCPU halts" {
-		t.Errorf("haltPollString: %q", got)
+}
+
+// The table has a halt polling row only where the report has a limit, and
+// the JSON a guest_halt_poll_ns only then.
+func TestHaltPollInTheReport(t *testing.T) {
+	limit := int64(20_000_000)
+	for _, c := range []struct {
+		limit    *int64
+		row, key string
+	}{
+		{&limit, "an idle vCPU polls up to 20ms before it halts", `"guest_halt_poll_ns":20000000`},
+		{new(int64), "off (an idle vCPU halts at once)", `"guest_halt_poll_ns":0`},
+		{nil, "", ""},
+	} {
+		s := &summary{Command: "paced", Steal: &stealSummary{PercentByCPU: map[string]float64{"cpu0": 1}, GuestHaltPollNs: c.limit}}
+		var table bytes.Buffer
+		printTable(&table, s)
+		js, err := json.Marshal(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hasRow := strings.Contains(table.String(), "guest halt polling")
+		if hasRow != (c.row != "") || !strings.Contains(table.String(), c.row) {
+			t.Errorf("limit %v: table\n%s", c.limit, table.String())
+		}
+		hasKey := strings.Contains(string(js), "guest_halt_poll_ns")
+		if hasKey != (c.key != "") || !strings.Contains(string(js), c.key) {
+			t.Errorf("limit %v: JSON %s", c.limit, js)
+		}
 	}
 }
