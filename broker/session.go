@@ -41,9 +41,10 @@ type Session struct {
 
 	exp        atomic.Int64 // the current token's exp, unix seconds
 	closeAt    atomic.Int64 // unix nanos: exp + leeway
-	expire     *wheel.Timer
+	expire     *wheel.Timer // the token's close; once the close frame is out, the close grace
 	warn       *wheel.Timer
 	closedCode atomic.Uint32 // the code the server closed with, once it did
+	graceEnd   atomic.Int64  // unix nanos: the peer's close frame is awaited until then; 0 before
 }
 
 // newRoomsPerMinute bounds how many rooms that never existed one socket
@@ -196,12 +197,17 @@ func (s *Session) close(code uint16, drop bool, last []byte) bool {
 // which can destroy our close frame before the peer reads it; and a FIN
 // now would cost every socket of an expiry burst a second packet before
 // the next socket is told. A peer that never answers is dropped after
-// closeGrace.
+// closeGrace, by s.expire (onExpire): the token's timer has no more use,
+// and a wheel timer costs a burst of closes less than two runtime timers
+// for a read deadline (the poller's and the parked socket's) would.
 func (s *Session) awaitClose() {
-	_ = s.sock.SetReadDeadline(time.Now().Add(closeGrace))
+	end := time.Now().Add(closeGrace)
+	s.graceEnd.Store(end.UnixNano())
+	s.broker.wheel.Schedule(s.expire, end)
 }
 
-// abort drops the connection without a close frame (drain timeout).
+// abort drops the connection without a close frame: at the drain timeout,
+// and when a peer does not answer our close frame within closeGrace.
 func (s *Session) abort() {
 	s.out.kill()
 	_ = s.sock.Close()
@@ -254,6 +260,11 @@ func (s *Session) schedule(exp time.Time) {
 	s.exp.Store(exp.Unix())
 	s.closeAt.Store(closeAt.UnixNano())
 	b.wheel.Schedule(s.expire, closeAt)
+	if end := s.graceEnd.Load(); end != 0 {
+		// A close frame went out meanwhile (a refresh racing a close):
+		// s.expire is its grace now, and that stands.
+		b.wheel.Schedule(s.expire, time.Unix(0, end))
+	}
 	if time.Until(closeAt) > 2*b.opts.ExpiryWarning {
 		b.wheel.Schedule(s.warn, closeAt.Add(-b.opts.ExpiryWarning))
 	} else {
@@ -266,8 +277,21 @@ func (s *Session) expired(now time.Time) bool { return now.UnixNano() >= s.close
 
 // onExpire runs on the wheel's goroutine. It never waits for the socket:
 // the close frames go out in one non-blocking write (outbox.closeNow).
+// After a close frame it is the close grace's end instead (awaitClose).
 func (s *Session) onExpire() {
-	if !s.expired(time.Now()) {
+	now := time.Now()
+	if end := s.graceEnd.Load(); end != 0 {
+		if now.UnixNano() < end {
+			s.broker.wheel.Schedule(s.expire, time.Unix(0, end)) // the clock stepped back
+			return
+		}
+		s.abort() // the peer never answered the close
+		return
+	}
+	if s.closedCode.Load() != 0 {
+		return // closing for another reason; its close frame is not out yet
+	}
+	if !s.expired(now) {
 		// A refresh moved the close after the wheel picked this up (or the
 		// clock stepped back): make sure the timer stands at the new time.
 		s.broker.wheel.Schedule(s.expire, time.Unix(0, s.closeAt.Load()))
@@ -291,16 +315,11 @@ func (s *Session) onWarn() {
 // the deadline only when a quarter of the timeout has passed.
 func (s *Session) touch(now time.Time) {
 	if s.closedCode.Load() != 0 {
-		return // closing: the close grace deadline stands
+		return // closing: the close grace decides (awaitClose)
 	}
 	if now.Sub(s.lastRead) < s.broker.opts.IdleTimeout/4 {
 		return
 	}
 	s.lastRead = now
 	_ = s.conn.SetReadDeadline(now.Add(s.broker.opts.IdleTimeout))
-	if s.closedCode.Load() != 0 {
-		// A close began meanwhile and its grace deadline may have been
-		// overwritten just now: restore one.
-		_ = s.conn.SetReadDeadline(now.Add(closeGrace))
-	}
 }
