@@ -199,15 +199,31 @@ func (s *Session) close(code uint16, drop bool, last []byte) bool {
 // the next socket is told. A peer that never answers is dropped after
 // closeGrace, by s.expire (onExpire): the token's timer has no more use,
 // and a wheel timer costs a burst of closes less than two runtime timers
-// for a read deadline (the poller's and the parked socket's) would.
+// for a read deadline (the poller's and the parked socket's) would. Like
+// every wheel timer it runs on the wall clock: a step of the clock
+// shortens or stretches the grace (the idle deadline still bounds it).
 func (s *Session) awaitClose() {
 	end := time.Now().Add(closeGrace)
 	s.graceEnd.Store(end.UnixNano())
 	s.broker.wheel.Schedule(s.expire, end)
+	if s.out.gone() {
+		s.broker.wheel.Cancel(s.expire) // OnClose ran meanwhile: nothing to wait for
+	}
 }
 
-// abort drops the connection without a close frame: at the drain timeout,
-// and when a peer does not answer our close frame within closeGrace.
+// scheduleExpire sets s.expire for the token's close at closeAt, unless
+// a close frame has gone out: then s.expire is the close grace, and that
+// stands. (awaitClose stores graceEnd before it schedules, so whichever
+// of the two schedules last, the grace wins.)
+func (s *Session) scheduleExpire(closeAt time.Time) {
+	b := s.broker
+	b.wheel.Schedule(s.expire, closeAt)
+	if end := s.graceEnd.Load(); end != 0 {
+		b.wheel.Schedule(s.expire, time.Unix(0, end))
+	}
+}
+
+// abort drops the connection without a close frame (drain timeout).
 func (s *Session) abort() {
 	s.out.kill()
 	_ = s.sock.Close()
@@ -259,12 +275,7 @@ func (s *Session) schedule(exp time.Time) {
 	closeAt := exp.Add(b.opts.Leeway)
 	s.exp.Store(exp.Unix())
 	s.closeAt.Store(closeAt.UnixNano())
-	b.wheel.Schedule(s.expire, closeAt)
-	if end := s.graceEnd.Load(); end != 0 {
-		// A close frame went out meanwhile (a refresh racing a close):
-		// s.expire is its grace now, and that stands.
-		b.wheel.Schedule(s.expire, time.Unix(0, end))
-	}
+	s.scheduleExpire(closeAt)
 	if time.Until(closeAt) > 2*b.opts.ExpiryWarning {
 		b.wheel.Schedule(s.warn, closeAt.Add(-b.opts.ExpiryWarning))
 	} else {
@@ -277,7 +288,10 @@ func (s *Session) expired(now time.Time) bool { return now.UnixNano() >= s.close
 
 // onExpire runs on the wheel's goroutine. It never waits for the socket:
 // the close frames go out in one non-blocking write (outbox.closeNow).
-// After a close frame it is the close grace's end instead (awaitClose).
+// After a close frame it is the close grace's end instead (awaitClose):
+// the read deadline becomes now, and the read loop ends the connection as
+// on any timed-out read (closing it here could wait for a reader to let
+// go of the descriptor).
 func (s *Session) onExpire() {
 	now := time.Now()
 	if end := s.graceEnd.Load(); end != 0 {
@@ -285,7 +299,7 @@ func (s *Session) onExpire() {
 			s.broker.wheel.Schedule(s.expire, time.Unix(0, end)) // the clock stepped back
 			return
 		}
-		s.abort() // the peer never answered the close
+		_ = s.sock.SetReadDeadline(now) // the peer never answered the close
 		return
 	}
 	if s.closedCode.Load() != 0 {
@@ -294,7 +308,7 @@ func (s *Session) onExpire() {
 	if !s.expired(now) {
 		// A refresh moved the close after the wheel picked this up (or the
 		// clock stepped back): make sure the timer stands at the new time.
-		s.broker.wheel.Schedule(s.expire, time.Unix(0, s.closeAt.Load()))
+		s.scheduleExpire(time.Unix(0, s.closeAt.Load()))
 		return
 	}
 	s.close(CloseTokenExpired, true, s.broker.expiredFrame)
@@ -315,7 +329,9 @@ func (s *Session) onWarn() {
 // the deadline only when a quarter of the timeout has passed.
 func (s *Session) touch(now time.Time) {
 	if s.closedCode.Load() != 0 {
-		return // closing: the close grace decides (awaitClose)
+		// Closing: the close grace decides (awaitClose), and the last
+		// idle deadline stands behind it.
+		return
 	}
 	if now.Sub(s.lastRead) < s.broker.opts.IdleTimeout/4 {
 		return
