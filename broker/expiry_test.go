@@ -83,3 +83,29 @@ func TestLeewayMovesTheClose(t *testing.T) {
 		t.Fatalf("closed %d at exp%+v, want 4001 no earlier than exp+500ms", ev.code, ev.at.Sub(exp))
 	}
 }
+
+// A burst of expiries larger than the wheel fires between yields, whose
+// clients answer the close at once: their teardown waits for the burst's
+// end (Session.resume), and then every socket is told and torn down.
+func TestExpiryBurstWithAnsweringClients(t *testing.T) {
+	e := newEnv(t, broker.Options{})
+	const n = 300
+	exp := time.Now().Truncate(time.Second).Add(2 * time.Second)
+	c := claims("burst", time.Minute)
+	c.ExpiresAt = jwt.NewNumericDate(exp)
+	tok := sign(t, c)
+	clients := make([]*client, n)
+	for i := range clients {
+		clients[i] = e.dial(tok)
+	}
+	for i, c := range clients {
+		ev := c.waitClose(10 * time.Second)
+		if ev.code != 4001 {
+			t.Fatalf("socket %d: close code %d (%q), want 4001", i, ev.code, ev.reason)
+		}
+		if ev.at.Before(exp) {
+			t.Fatalf("socket %d closed %v before exp", i, exp.Sub(ev.at))
+		}
+	}
+	waitFor(t, 10*time.Second, "every socket of the burst torn down", func() bool { return e.broker.Sockets() == 0 })
+}

@@ -86,7 +86,7 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// Before start publishes the session: from then on other goroutines
 	// may set the connection's deadlines or close it.
 	tc, parkable := nc.(*tcpConn)
-	parkable = parkable && tc.enableParking(b.parker, br, s.read)
+	parkable = parkable && tc.enableParking(b.parker, br, s.resume)
 	b.start(s, claims, sc.upgraded())
 	if parkable && br.Buffered() == 0 && tc.park.park() {
 		return // nothing to read yet: the parker starts the read loop

@@ -40,6 +40,7 @@ type Wheel struct {
 	wakeAt  int64 // the tick the goroutine sleeps until
 
 	kick  chan struct{} // a timer was scheduled before wakeAt
+	quiet chan struct{} // closed unless a burst is firing (see Quiet); under mu
 	stop  chan struct{}
 	done  chan struct{}
 	wakes int // loop turns, for tests
@@ -68,6 +69,7 @@ func New(tick time.Duration, slots int) *Wheel {
 		start: time.Now().Truncate(tick),
 		slots: make([]Timer, slots),
 		kick:  make(chan struct{}, 1),
+		quiet: closedChan,
 		stop:  make(chan struct{}),
 		done:  make(chan struct{}),
 	}
@@ -176,6 +178,10 @@ func (w *Wheel) run() {
 		}
 		now := time.Now().Round(0)
 		due = w.advance(now, due[:0])
+		burst := len(due) > yieldEvery
+		if burst {
+			w.setQuiet(make(chan struct{}))
+		}
 		for i, t := range due {
 			t.fire()
 			due[i] = nil // let fired timers' owners be collected
@@ -187,6 +193,9 @@ func (w *Wheel) run() {
 				runtime.Gosched()
 			}
 		}
+		if burst {
+			w.setQuiet(closedChan)
+		}
 		w.mu.Lock()
 		w.wakes++
 		w.wakeAt = w.nextBusyTick()
@@ -194,6 +203,35 @@ func (w *Wheel) run() {
 		w.mu.Unlock()
 		sleep.Reset(max(0, time.Until(next)))
 	}
+}
+
+// closedChan is the quiet channel of a wheel not firing a burst.
+var closedChan = func() chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
+}()
+
+// Quiet returns a channel that is closed once the wheel is not firing a
+// burst: at once if it is not firing one now. A burst is more timers due
+// in one tick than the wheel fires between two yields of the processor.
+// Work that a burst's timers cause and that can wait for its end (tearing
+// down the sockets they closed, as their peers answer) waits on this, so
+// that the yields let in the traffic that cannot wait instead.
+func (w *Wheel) Quiet() <-chan struct{} {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.quiet
+}
+
+// setQuiet replaces the quiet channel; closedChan closes the current one.
+func (w *Wheel) setQuiet(c chan struct{}) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if c == closedChan && w.quiet != closedChan {
+		close(w.quiet)
+	}
+	w.quiet = c
 }
 
 // maxSleep bounds the wheel's sleep. Ticks are wall-clock times and the

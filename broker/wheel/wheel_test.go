@@ -167,3 +167,59 @@ func TestTicksFallOnWholeSeconds(t *testing.T) {
 		}
 	}
 }
+
+// Quiet is closed while the wheel is not firing a burst, and open from the
+// first timer of a burst until its last has fired.
+func TestQuietDuringABurst(t *testing.T) {
+	w := New(time.Millisecond, 0)
+	defer w.Stop()
+	select {
+	case <-w.Quiet():
+	default:
+		t.Fatal("an idle wheel is not quiet")
+	}
+
+	const n = 3 * yieldEvery
+	at := time.Now().Add(20 * time.Millisecond)
+	var fired int
+	quietDuring := make([]bool, 0, n)
+	done := make(chan struct{})
+	for range n {
+		w.Schedule(NewTimer(func() {
+			select { // on the wheel's goroutine: no lock needed for fired
+			case <-w.Quiet():
+				quietDuring = append(quietDuring, true)
+			default:
+				quietDuring = append(quietDuring, false)
+			}
+			if fired++; fired == n {
+				close(done)
+			}
+		}), at)
+	}
+	<-done
+	for i, q := range quietDuring {
+		if q {
+			t.Fatalf("timer %d of a burst of %d saw the wheel quiet", i, n)
+		}
+	}
+	select {
+	case <-w.Quiet():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the wheel is not quiet after its burst")
+	}
+
+	// A tick with no more timers than fire between yields is no burst.
+	small := make(chan bool, 1)
+	w.Schedule(NewTimer(func() {
+		select {
+		case <-w.Quiet():
+			small <- true
+		default:
+			small <- false
+		}
+	}), time.Now())
+	if !<-small {
+		t.Error("a single timer made the wheel a burst")
+	}
+}
