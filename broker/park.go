@@ -36,17 +36,18 @@ func (s *Session) read() {
 	}
 }
 
-// resume runs a parked socket's read loop again, on the goroutine the
-// parker started for it. A socket chatd is closing waits for the end of
-// the wheel's burst first: in an expiry burst its peer's answer would
-// otherwise be torn down (a read, a close of the descriptor, OnClose:
-// several times the cost of a close frame) in every yield of the wheel,
-// ahead of the sockets still to be told, which would wait for them all.
+// resume starts a parked socket's read loop again, on a new goroutine. A
+// socket chatd is closing waits for the end of the wheel's burst first
+// (Wheel.AfterBurst): in an expiry burst its peer's answer would otherwise
+// be torn down (a read, the descriptor's close, OnClose: several times the
+// cost of a close frame) in every yield of the wheel, ahead of the sockets
+// still to be told, which would wait for them all. It runs with the
+// parking's lock held and never blocks.
 func (s *Session) resume() {
-	if s.closedCode.Load() != 0 {
-		<-s.broker.wheel.Quiet()
+	if s.closedCode.Load() != 0 && s.broker.wheel.AfterBurst(func() { go s.read() }) {
+		return
 	}
-	s.read()
+	go s.read()
 }
 
 // readUntilIdle runs gws's read loop, and returns the socket to park if it

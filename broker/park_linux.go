@@ -15,7 +15,7 @@ type parking struct {
 	conn   *tcpConn
 	parker *parker
 	fd     int32
-	resume func() // runs the read loop again, on a new goroutine
+	resume func() // starts the read loop again on a new goroutine; must not block
 
 	// frames is fed by the read loop only.
 	frames frameTracker
@@ -129,7 +129,7 @@ func (q *parking) wakeLocked() {
 	}
 	q.parked = false
 	q.parker.forget(q)
-	go q.resume()
+	q.resume()
 }
 
 // deadlinePassed runs on the timer's goroutine.

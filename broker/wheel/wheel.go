@@ -39,11 +39,12 @@ type Wheel struct {
 	count   int
 	wakeAt  int64 // the tick the goroutine sleeps until
 
-	kick  chan struct{} // a timer was scheduled before wakeAt
-	quiet chan struct{} // closed unless a burst is firing (see Quiet); under mu
-	stop  chan struct{}
-	done  chan struct{}
-	wakes int // loop turns, for tests
+	kick     chan struct{} // a timer was scheduled before wakeAt
+	bursting bool          // firing more timers than fire between yields; under mu
+	after    []func()      // what waits for the burst's end (AfterBurst); under mu
+	stop     chan struct{}
+	done     chan struct{}
+	wakes    int // loop turns, for tests
 }
 
 // yieldEvery is how many timers fire between yields of the processor.
@@ -69,7 +70,6 @@ func New(tick time.Duration, slots int) *Wheel {
 		start: time.Now().Truncate(tick),
 		slots: make([]Timer, slots),
 		kick:  make(chan struct{}, 1),
-		quiet: closedChan,
 		stop:  make(chan struct{}),
 		done:  make(chan struct{}),
 	}
@@ -180,12 +180,14 @@ func (w *Wheel) run() {
 		due = w.advance(now, due[:0])
 		burst := len(due) > yieldEvery
 		if burst {
-			w.setQuiet(make(chan struct{}))
+			w.mu.Lock()
+			w.bursting = true
+			w.mu.Unlock()
 		}
 		for i, t := range due {
 			t.fire()
 			due[i] = nil // let fired timers' owners be collected
-			if i%yieldEvery == yieldEvery-1 {
+			if i%yieldEvery == yieldEvery-1 && i < len(due)-1 {
 				// Thousands of timers can fall due in one tick (tokens
 				// minted in the same second). Let other goroutines, the
 				// ones carrying everybody else's traffic, in between
@@ -194,7 +196,7 @@ func (w *Wheel) run() {
 			}
 		}
 		if burst {
-			w.setQuiet(closedChan)
+			w.endBurst()
 		}
 		w.mu.Lock()
 		w.wakes++
@@ -205,33 +207,45 @@ func (w *Wheel) run() {
 	}
 }
 
-// closedChan is the quiet channel of a wheel not firing a burst.
-var closedChan = func() chan struct{} {
-	c := make(chan struct{})
-	close(c)
-	return c
-}()
-
-// Quiet returns a channel that is closed once the wheel is not firing a
-// burst: at once if it is not firing one now. A burst is more timers due
-// in one tick than the wheel fires between two yields of the processor.
-// Work that a burst's timers cause and that can wait for its end (tearing
-// down the sockets they closed, as their peers answer) waits on this, so
-// that the yields let in the traffic that cannot wait instead.
-func (w *Wheel) Quiet() <-chan struct{} {
+// AfterBurst reports whether the wheel is firing a burst: more timers due
+// at once than it fires between two yields of the processor. If it is, f
+// runs on the wheel's goroutine once the burst has fired, in batches
+// between yields as timers do; if not, f does not run. Work that a
+// burst's timers cause and that can wait for its end (tearing down the
+// sockets they closed, as the peers answer) goes there, so that the
+// burst's yields let in the traffic that cannot wait instead. Like a
+// timer's, f must be quick and must not block. AfterBurst never blocks.
+func (w *Wheel) AfterBurst(f func()) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return w.quiet
+	if w.bursting {
+		w.after = append(w.after, f)
+	}
+	return w.bursting
 }
 
-// setQuiet replaces the quiet channel; closedChan closes the current one.
-func (w *Wheel) setQuiet(c chan struct{}) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if c == closedChan && w.quiet != closedChan {
-		close(w.quiet)
+// endBurst runs what waited for the burst's end, in batches between
+// yields, until none is left.
+func (w *Wheel) endBurst() {
+	for {
+		w.mu.Lock()
+		after := w.after
+		w.after = nil
+		if len(after) == 0 {
+			w.bursting = false
+		}
+		w.mu.Unlock()
+		if len(after) == 0 {
+			return
+		}
+		for i, f := range after {
+			f()
+			if i%yieldEvery == yieldEvery-1 {
+				runtime.Gosched()
+			}
+		}
+		runtime.Gosched()
 	}
-	w.quiet = c
 }
 
 // maxSleep bounds the wheel's sleep. Ticks are wall-clock times and the

@@ -168,58 +168,53 @@ func TestTicksFallOnWholeSeconds(t *testing.T) {
 	}
 }
 
-// Quiet is closed while the wheel is not firing a burst, and open from the
-// first timer of a burst until its last has fired.
-func TestQuietDuringABurst(t *testing.T) {
+// AfterBurst defers work to the end of a burst: during one it queues f,
+// which runs on the wheel's goroutine after the burst's last timer; with
+// no burst firing it says so and queues nothing.
+func TestAfterBurst(t *testing.T) {
 	w := New(time.Millisecond, 0)
 	defer w.Stop()
-	select {
-	case <-w.Quiet():
-	default:
-		t.Fatal("an idle wheel is not quiet")
+	if w.AfterBurst(func() { t.Error("ran without a burst") }) {
+		t.Fatal("an idle wheel says it is firing a burst")
 	}
 
 	const n = 3 * yieldEvery
-	at := time.Now().Add(20 * time.Millisecond)
-	var fired int
-	quietDuring := make([]bool, 0, n)
+	at := time.Now().Add(100 * time.Millisecond) // all in one tick, whatever the scheduling
+	var fired, deferred int                      // touched on the wheel's goroutine only
+	var firedBeforeDeferred []int
 	done := make(chan struct{})
-	for range n {
+	for i := range n {
 		w.Schedule(NewTimer(func() {
-			select { // on the wheel's goroutine: no lock needed for fired
-			case <-w.Quiet():
-				quietDuring = append(quietDuring, true)
-			default:
-				quietDuring = append(quietDuring, false)
-			}
-			if fired++; fired == n {
-				close(done)
+			fired++
+			if i%2 == 0 {
+				// As a socket answering its close does, mid-burst.
+				if !w.AfterBurst(func() {
+					deferred++
+					firedBeforeDeferred = append(firedBeforeDeferred, fired)
+					if deferred == n/2 {
+						close(done)
+					}
+				}) {
+					t.Errorf("timer %d: no burst while firing %d timers due at once", i, n)
+				}
 			}
 		}), at)
 	}
-	<-done
-	for i, q := range quietDuring {
-		if q {
-			t.Fatalf("timer %d of a burst of %d saw the wheel quiet", i, n)
-		}
-	}
 	select {
-	case <-w.Quiet():
-	case <-time.After(5 * time.Second):
-		t.Fatal("the wheel is not quiet after its burst")
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("%d of %d deferred funcs ran", deferred, n/2)
+	}
+	for i, f := range firedBeforeDeferred {
+		if f != n {
+			t.Fatalf("deferred func %d ran after %d of the burst's %d timers, want after all", i, f, n)
+		}
 	}
 
-	// A tick with no more timers than fire between yields is no burst.
+	// The burst is over: a single timer is no burst.
 	small := make(chan bool, 1)
-	w.Schedule(NewTimer(func() {
-		select {
-		case <-w.Quiet():
-			small <- true
-		default:
-			small <- false
-		}
-	}), time.Now())
-	if !<-small {
+	w.Schedule(NewTimer(func() { small <- w.AfterBurst(func() {}) }), time.Now())
+	if <-small {
 		t.Error("a single timer made the wheel a burst")
 	}
 }
