@@ -15,7 +15,10 @@ type parking struct {
 	conn   *tcpConn
 	parker *parker
 	fd     int32
-	resume func() // starts the read loop again on a new goroutine; must not block
+	// resume starts the read loop again on a new goroutine (a closing
+	// socket's after the wheel's burst of closes). It runs with mu held
+	// and must not block.
+	resume func()
 
 	// frames is fed by the read loop only.
 	frames frameTracker

@@ -210,7 +210,8 @@ func (w *Wheel) run() {
 // AfterBurst reports whether the wheel is firing a burst: more timers due
 // at once than it fires between two yields of the processor. If it is, f
 // runs on the wheel's goroutine once the burst has fired, in batches
-// between yields as timers do; if not, f does not run. Work that a
+// between yields as timers do; if not, f does not run (the caller does
+// the work itself). Work that a
 // burst's timers cause and that can wait for its end (tearing down the
 // sockets they closed, as the peers answer) goes there, so that the
 // burst's yields let in the traffic that cannot wait instead. Like a
@@ -224,27 +225,20 @@ func (w *Wheel) AfterBurst(f func()) bool {
 	return w.bursting
 }
 
-// endBurst runs what waited for the burst's end, in batches between
-// yields, until none is left.
+// endBurst ends the burst and runs what waited for its end, in batches
+// between yields. What asks later is no longer deferred (AfterBurst says
+// no burst): every timer of the burst has fired by then, and a queue
+// refilled while it ran could keep the wheel from its next timers.
 func (w *Wheel) endBurst() {
-	for {
-		w.mu.Lock()
-		after := w.after
-		w.after = nil
-		if len(after) == 0 {
-			w.bursting = false
+	w.mu.Lock()
+	after := w.after
+	w.after, w.bursting = nil, false
+	w.mu.Unlock()
+	for i, f := range after {
+		f()
+		if i%yieldEvery == yieldEvery-1 {
+			runtime.Gosched()
 		}
-		w.mu.Unlock()
-		if len(after) == 0 {
-			return
-		}
-		for i, f := range after {
-			f()
-			if i%yieldEvery == yieldEvery-1 {
-				runtime.Gosched()
-			}
-		}
-		runtime.Gosched()
 	}
 }
 

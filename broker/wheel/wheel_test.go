@@ -3,6 +3,7 @@ package wheel
 import (
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -180,7 +181,8 @@ func TestAfterBurst(t *testing.T) {
 
 	const n = 3 * yieldEvery
 	at := time.Now().Add(100 * time.Millisecond) // all in one tick, whatever the scheduling
-	var fired, deferred int                      // touched on the wheel's goroutine only
+	var fired int                                // touched on the wheel's goroutine only
+	var deferred atomic.Int32
 	var firedBeforeDeferred []int
 	done := make(chan struct{})
 	for i := range n {
@@ -189,9 +191,8 @@ func TestAfterBurst(t *testing.T) {
 			if i%2 == 0 {
 				// As a socket answering its close does, mid-burst.
 				if !w.AfterBurst(func() {
-					deferred++
 					firedBeforeDeferred = append(firedBeforeDeferred, fired)
-					if deferred == n/2 {
+					if deferred.Add(1) == n/2 {
 						close(done)
 					}
 				}) {
@@ -203,7 +204,7 @@ func TestAfterBurst(t *testing.T) {
 	select {
 	case <-done:
 	case <-time.After(10 * time.Second):
-		t.Fatalf("%d of %d deferred funcs ran", deferred, n/2)
+		t.Fatalf("%d of %d deferred funcs ran", deferred.Load(), n/2)
 	}
 	for i, f := range firedBeforeDeferred {
 		if f != n {
