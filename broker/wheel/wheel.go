@@ -187,13 +187,11 @@ func (w *Wheel) run() {
 		for i, t := range due {
 			t.fire()
 			due[i] = nil // let fired timers' owners be collected
-			if i%yieldEvery == yieldEvery-1 && i < len(due)-1 {
-				// Thousands of timers can fall due in one tick (tokens
-				// minted in the same second). Let other goroutines, the
-				// ones carrying everybody else's traffic, in between
-				// batches rather than after the whole burst.
-				runtime.Gosched()
-			}
+			// Thousands of timers can fall due in one tick (tokens minted
+			// in the same second). Let other goroutines, the ones carrying
+			// everybody else's traffic, in between batches rather than
+			// after the whole burst.
+			yieldBetweenBatches(i, len(due))
 		}
 		if burst {
 			w.endBurst()
@@ -211,11 +209,11 @@ func (w *Wheel) run() {
 // at once than it fires between two yields of the processor. If it is, f
 // runs on the wheel's goroutine once the burst has fired, in batches
 // between yields as timers do; if not, f does not run (the caller does
-// the work itself). Work that a
-// burst's timers cause and that can wait for its end (tearing down the
-// sockets they closed, as the peers answer) goes there, so that the
-// burst's yields let in the traffic that cannot wait instead. Like a
-// timer's, f must be quick and must not block. AfterBurst never blocks.
+// the work itself). Work that a burst's timers cause and that can wait
+// for its end (tearing down the sockets they closed, as the peers answer)
+// goes there, so that the burst's yields let in the traffic that cannot
+// wait instead. Like a timer's, f must be quick and must not block.
+// AfterBurst never blocks.
 func (w *Wheel) AfterBurst(f func()) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -236,9 +234,15 @@ func (w *Wheel) endBurst() {
 	w.mu.Unlock()
 	for i, f := range after {
 		f()
-		if i%yieldEvery == yieldEvery-1 {
-			runtime.Gosched()
-		}
+		yieldBetweenBatches(i, len(after))
+	}
+}
+
+// yieldBetweenBatches yields the processor after every yieldEvery-th of n
+// items run in turn on the wheel's goroutine, except after the last.
+func yieldBetweenBatches(i, n int) {
+	if i%yieldEvery == yieldEvery-1 && i < n-1 {
+		runtime.Gosched()
 	}
 }
 
