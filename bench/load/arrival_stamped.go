@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"io"
 	"net"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -30,11 +31,23 @@ type arrivalConn struct {
 	p       []byte
 	n, oobn int
 	err     error
+
+	// headers: reads stop at the end of the HTTP response's headers until
+	// it has been read (matched counts how much of "\r\n\r\n" the bytes
+	// read so far end with). The frames behind them then stay in the
+	// socket for the poller rather than in gws's read buffer.
+	headers bool
+	matched int
+	// onClose, if set, runs before the descriptor is closed: the poller
+	// stops reading it (see poller.forget).
+	onClose atomic.Pointer[func()]
 }
 
-// withArrival turns on receive timestamps for c. It returns c unchanged
-// where the kernel refuses them, and then arrival times are read times.
-func withArrival(c net.Conn) net.Conn {
+// withArrival turns on receive timestamps for c, and with headers its
+// reads stop at the end of the handshake's response headers. It returns c
+// unchanged where the kernel refuses timestamps, and then arrival times
+// are read times.
+func withArrival(c net.Conn, headers bool) net.Conn {
 	tc, ok := c.(*net.TCPConn)
 	if !ok {
 		return c
@@ -49,7 +62,7 @@ func withArrival(c net.Conn) net.Conn {
 	}); err != nil || serr != nil {
 		return c
 	}
-	ac := &arrivalConn{TCPConn: tc, raw: raw}
+	ac := &arrivalConn{TCPConn: tc, raw: raw, headers: headers}
 	ac.recv = ac.recvmsg
 	return ac
 }
@@ -58,6 +71,9 @@ func withArrival(c net.Conn) net.Conn {
 func (c *arrivalConn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
+	}
+	if c.headers {
+		return c.readHeaders(p)
 	}
 	c.p = p
 	err := c.raw.Read(c.recv)
@@ -73,6 +89,73 @@ func (c *arrivalConn) Read(p []byte) (int, error) {
 	}
 	c.last = stampOf(c.oob[:c.oobn])
 	return c.n, nil
+}
+
+// readHeaders reads into p what has arrived, but not past the blank line
+// that ends the HTTP response's headers: it peeks first, and takes only
+// up to there. The handshake is the only time it runs, so its closures
+// cost nothing that matters.
+func (c *arrivalConn) readHeaders(p []byte) (int, error) {
+	var n int
+	var err error
+	recv := func(flags int) func(fd uintptr) bool {
+		return func(fd uintptr) bool {
+			for {
+				n, _, err = syscall.Recvfrom(int(fd), p, flags)
+				if err != syscall.EINTR {
+					return err != syscall.EAGAIN
+				}
+			}
+		}
+	}
+	if rerr := c.raw.Read(recv(syscall.MSG_PEEK)); rerr != nil {
+		return 0, rerr
+	}
+	if err != nil {
+		return 0, err
+	}
+	if n == 0 {
+		return 0, io.EOF
+	}
+	for i, b := range p[:n] {
+		switch {
+		case b == "\r\n\r\n"[c.matched]:
+			c.matched++
+		case b == '\r':
+			c.matched = 1
+		default:
+			c.matched = 0
+		}
+		if c.matched == 4 {
+			c.headers = false
+			p = p[:i+1]
+			break
+		}
+	}
+	p = p[:min(n, len(p))]
+	if rerr := c.raw.Read(recv(0)); rerr != nil {
+		return 0, rerr
+	}
+	return n, err
+}
+
+// Close implements net.Conn; onClose runs first.
+func (c *arrivalConn) Close() error {
+	if f := c.onClose.Load(); f != nil {
+		(*f)()
+	}
+	return c.TCPConn.Close()
+}
+
+// descriptor returns c's file descriptor. It stays c's until Close, which
+// runs onClose first: that is what makes it safe to read outside
+// RawConn's callbacks.
+func (c *arrivalConn) descriptor() (int, error) {
+	fd := -1
+	if err := c.raw.Control(func(s uintptr) { fd = int(s) }); err != nil {
+		return -1, err
+	}
+	return fd, nil
 }
 
 // recvmsg is RawConn.Read's callback; recv binds it once per connection,

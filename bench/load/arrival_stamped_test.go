@@ -26,7 +26,7 @@ func TestArrivalTimestamps(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := withArrival(raw)
+	c := withArrival(raw, false)
 	defer c.Close()
 	if _, ok := c.(*arrivalConn); !ok {
 		t.Fatal("receive timestamps refused on loopback TCP")

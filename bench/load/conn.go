@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -44,12 +45,21 @@ type Dialer struct {
 	// leaves out how long this process's own core took to get to each
 	// socket (see arrivalConn). ToldExpiredRead has the read time always.
 	ReadClock bool
+	// ReadLoops reads each socket from a goroutine of its own, as most
+	// clients do. By default, on 64-bit Linux, one goroutine woken by epoll
+	// reads them all (see poller): about half the client's CPU per
+	// delivery under fan-out. Elsewhere, and for a socket the poller
+	// cannot take, it is a read loop each anyway.
+	ReadLoops bool
 
-	next atomic.Uint64
+	next     atomic.Uint64
+	pollOnce sync.Once
+	poll     *poller
 }
 
 // Events receives what happens on the sockets of a Dialer. Each method runs
-// on the socket's own read goroutine and must be quick. Any may be nil.
+// on the goroutine that reads the socket (its read loop, or the Dialer's
+// poller, which reads them all) and must be quick. Any may be nil.
 type Events struct {
 	// Message is called for every `message` frame with its text.
 	Message func(c *Conn, text []byte, now time.Time)
@@ -79,6 +89,7 @@ type Conn struct {
 	expiredRead atomic.Int64
 	linger      time.Duration // see Dialer.LingerExpired
 	readClock   bool          // see Dialer.ReadClock
+	lingerUntil time.Time     // when a poller may answer the close
 }
 
 // Welcome is the first frame the server sends.
@@ -128,7 +139,7 @@ func (d *Dialer) Dial(token string, id, shard int, ev *Events) (*Conn, error) {
 		// Compression stays off: each compressing client costs a flate
 		// state, and chatd's frames are small.
 		NewDialer: func() (gws.Dialer, error) {
-			return arrivalDialer{&net.Dialer{Timeout: timeout, LocalAddr: local}}, nil
+			return arrivalDialer{&net.Dialer{Timeout: timeout, LocalAddr: local}, !d.ReadLoops}, nil
 		},
 		NewSession: func() gws.SessionStorage { return noSession{} },
 	}
@@ -147,7 +158,9 @@ func (d *Dialer) Dial(token string, id, shard int, ev *Events) (*Conn, error) {
 		return nil, err
 	}
 	c.ws = ws
-	go ws.ReadLoop()
+	if p := d.poller(); p == nil || p.add(c) != nil {
+		go ws.ReadLoop()
+	}
 	t := time.NewTimer(timeout)
 	defer t.Stop()
 	select {
@@ -192,15 +205,20 @@ func (h *handler) OnPing(c *gws.Conn, p []byte) { _ = c.WritePong(p) }
 func (h *handler) OnPong(*gws.Conn, []byte) {}
 
 func (h *handler) OnClose(_ *gws.Conn, err error) {
-	at := time.Now()
-	c := (*Conn)(h)
-	if c.closed.Swap(true) {
-		return
-	}
 	var code uint16
 	var ce *gws.CloseError
 	if errors.As(err, &ce) {
 		code = ce.Code
+	}
+	(*Conn)(h).ended(code, time.Now())
+}
+
+// ended reports, once, that the socket has ended with the server's close
+// code (0 if it sent none): to a Dial still waiting for the welcome, and
+// to Events.Closed.
+func (c *Conn) ended(code uint16, at time.Time) {
+	if c.closed.Swap(true) {
+		return
 	}
 	select {
 	case c.welcome <- fmt.Errorf("closed before the welcome (code %d)", code):
@@ -219,56 +237,62 @@ var (
 func (h *handler) OnMessage(ws *gws.Conn, m *gws.Message) {
 	defer m.Close()
 	c := (*Conn)(h)
-	data := m.Bytes()
+	if c.handleText(m.Bytes(), arrivalOf(ws.NetConn())) && c.linger > 0 {
+		time.Sleep(c.linger) // parks only this socket's read loop
+	}
+}
+
+// handleText handles one text frame the server sent, which arrived at
+// arrived (unix ns; 0: unknown, the read time is used). It reports whether
+// the frame told the socket its token expired. data is not kept.
+func (c *Conn) handleText(data []byte, arrived int64) (expired bool) {
 	// The hot path: a message frame. Find the text without decoding the
 	// whole frame; chatd writes "text" after room, seq, id and from.
 	if bytes.HasPrefix(data, messagePrefix) {
 		if c.events == nil || c.events.Message == nil {
-			return
+			return false
 		}
-		now := c.arrival(ws)
+		now := c.arrival(arrived)
 		// bytes.Index, not LastIndex: Index is vectorised, LastIndex is
 		// Rabin-Karp and was 17% of the client's CPU under fan-out.
 		i := bytes.Index(data, textKey)
 		if i < 0 {
 			c.events.Message(c, nil, now)
-			return
+			return false
 		}
 		text := data[i+len(textKey):]
 		if j := bytes.IndexByte(text, '"'); j >= 0 {
 			text = text[:j]
 		}
 		c.events.Message(c, text, now)
-		return
+		return false
 	}
 	if !c.welcomed {
 		c.welcomed = true
 		exp, ok := welcomeExp(data)
 		if !ok {
 			c.welcome <- fmt.Errorf("first frame is not a welcome: %.200s", data)
-			return
+			return false
 		}
 		c.Exp = exp
 		c.welcome <- nil
-		return
+		return false
 	}
 	typ := frameType(data)
-	expired := typ == "error" && bytes.Contains(data, tokenExpiredCode)
+	expired = typ == "error" && bytes.Contains(data, tokenExpiredCode)
 	if expired {
 		read := time.Now()
-		arrived := read
-		if ns := arrivalOf(ws.NetConn()); ns != 0 {
-			arrived = time.Unix(0, ns)
+		at := read
+		if arrived != 0 {
+			at = time.Unix(0, arrived)
 		}
 		c.expiredRead.CompareAndSwap(0, read.UnixNano())
-		c.expiredAt.CompareAndSwap(0, arrived.UnixNano())
+		c.expiredAt.CompareAndSwap(0, at.UnixNano())
 	}
 	if c.events != nil && c.events.Frame != nil {
 		c.events.Frame(c, typ, data)
 	}
-	if expired && c.linger > 0 {
-		time.Sleep(c.linger) // parks only this socket's read loop
-	}
+	return expired
 }
 
 var (
@@ -328,19 +352,21 @@ func (c *Conn) ToldExpiredRead() time.Time {
 	return time.Time{}
 }
 
-// arrival returns when the frame being handled arrived, by the Dialer's
-// clock.
-func (c *Conn) arrival(ws *gws.Conn) time.Time {
-	if !c.readClock {
-		if ns := arrivalOf(ws.NetConn()); ns != 0 {
-			return time.Unix(0, ns)
-		}
+// arrival returns when a frame that arrived at arrived (unix ns, 0 if
+// unknown) counts as received, by the Dialer's clock.
+func (c *Conn) arrival(arrived int64) time.Time {
+	if !c.readClock && arrived != 0 {
+		return time.Unix(0, arrived)
 	}
 	return time.Now()
 }
 
-// arrivalDialer dials with receive timestamps on (see arrivalConn).
-type arrivalDialer struct{ d *net.Dialer }
+// arrivalDialer dials with receive timestamps on (see arrivalConn); for a
+// poller, the handshake's reads stop at the end of the response headers.
+type arrivalDialer struct {
+	d       *net.Dialer
+	headers bool
+}
 
 // Dial implements gws.Dialer.
 func (a arrivalDialer) Dial(network, addr string) (net.Conn, error) {
@@ -348,7 +374,16 @@ func (a arrivalDialer) Dial(network, addr string) (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return withArrival(c), nil
+	return withArrival(c, a.headers), nil
+}
+
+// poller returns the Dialer's poller, started on first use, or nil.
+func (d *Dialer) poller() *poller {
+	if d.ReadLoops {
+		return nil
+	}
+	d.pollOnce.Do(func() { d.poll, _ = newPoller() })
+	return d.poll
 }
 
 // frameType returns the "type" of a server frame, which chatd writes first.

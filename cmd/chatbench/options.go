@@ -47,6 +47,7 @@ type options struct {
 	margin      time.Duration
 	leeway      time.Duration
 	linger      time.Duration
+	readLoops   bool
 	limit       time.Duration
 	senders     int
 	window      int
@@ -96,7 +97,8 @@ func newFlags(cmd string) (*flag.FlagSet, *options) {
 	fs.Float64Var(&o.rate, "rate", 100, "paced, soak: messages per second into the room, in all")
 	fs.Float64Var(&o.churn, "churn", 0, "soak: sockets per second closed and reopened")
 	fs.StringVar(&o.room, "room", "general", "the room the senders send to")
-	fs.IntVar(&o.readBuffer, "read-buffer", 0, "read buffer per socket (default: fanout 4096, else 1024)")
+	fs.IntVar(&o.readBuffer, "read-buffer", 0, "read buffer per socket with --read-loops (default: fanout 4096, else 1024)")
+	fs.BoolVar(&o.readLoops, "read-loops", false, "read each socket from a goroutine of its own, as most clients do, rather than all of them\nfrom one epoll loop (64-bit Linux); chatbench then costs about twice the CPU per delivery")
 	fs.StringVar(&o.clock, "clock", "arrival", "when a frame counts as delivered: arrival (the kernel's receive timestamp, leaving out\nthis process's own queueing) or read (when chatbench gets to it)")
 	fs.BoolVar(&o.json, "json", false, "print one JSON object instead of a table")
 	fs.StringVar(&o.plot, "plot", "", "draw deliveries/s and p50/p99 latency over time into this PNG")
@@ -292,7 +294,7 @@ func (o *options) plans(tokens []string) []*plan {
 			Tokens: tokens, Senders: o.senders, Window: o.window, Size: o.size, Room: o.room,
 			Rate: o.rate, Churn: o.churn / float64(o.procs), Duration: o.duration, Warmup: o.warmup,
 			Hold: o.hold, Leeway: o.leeway, Linger: o.linger, Concurrency: o.concurrency, ReadBuffer: o.readBuffer,
-			ReadClock: o.clock == "read", Limit: o.limit,
+			ReadLoops: o.readLoops, ReadClock: o.clock == "read", Limit: o.limit,
 		}
 		if o.cmd != "fanout" {
 			out[k].Warmup = 0

@@ -37,6 +37,7 @@ type plan struct {
 	Linger      time.Duration `json:"linger"`
 	Concurrency int           `json:"concurrency"`
 	ReadBuffer  int           `json:"read_buffer"`
+	ReadLoops   bool          `json:"read_loops"` // see load.Dialer.ReadLoops
 	ReadClock   bool          `json:"read_clock"` // see load.Dialer.ReadClock
 	Limit       time.Duration `json:"limit"`      // the worker stops by itself after this
 }

@@ -50,7 +50,7 @@ func newWorker(p *plan, progress func(int)) *worker {
 	for _, s := range p.SourceIPs {
 		ips = append(ips, net.ParseIP(s))
 	}
-	w.dialer = &load.Dialer{URL: p.URL, SourceIPs: ips, ReadBufferSize: p.ReadBuffer, ReadClock: p.ReadClock}
+	w.dialer = &load.Dialer{URL: p.URL, SourceIPs: ips, ReadBufferSize: p.ReadBuffer, ReadClock: p.ReadClock, ReadLoops: p.ReadLoops}
 	if p.Cmd == "expiry" {
 		w.dialer.LingerExpired = p.Linger // see load.Dialer.LingerExpired
 	}

@@ -1,0 +1,334 @@
+//go:build linux && (amd64 || arm64)
+
+package load
+
+import (
+	"encoding/binary"
+	"errors"
+	"os"
+	"runtime"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// poller reads the sockets of a Dialer from one goroutine. It keeps an
+// epoll instance of its own, level-triggered: each socket with data is
+// read once per round with recvmsg (keeping the kernel's receive
+// timestamp, as arrivalConn does) and its frames are parsed here.
+//
+// A read loop per socket costs, on every wake-up of the socket, a
+// goroutine switch, the read, and a second read that only says EAGAIN
+// before the goroutine parks again: under fan-out that was about half of
+// chatbench's core, as much as chatd spent writing the frames. Here a
+// round of epoll_wait finds every socket with data, one read each takes
+// what is there, and a socket with more left is simply reported again.
+//
+// The epoll descriptor itself waits in Go's network poller (it is
+// readable while any socket in it is), so the goroutine parks like any
+// other and never holds the process's processor in a blocking syscall.
+//
+// Writes (a sender's messages, pongs, the close) stay gws's, on the
+// caller's goroutine.
+type poller struct {
+	epoll *os.File
+	raw   syscall.RawConn
+	epfd  int
+	wait  func(fd uintptr) bool // p.round, bound once
+
+	// mu guards socks, and is held across each read so that a socket's
+	// descriptor cannot be closed (and its number reused) in between:
+	// arrivalConn.Close takes it first, through forget.
+	mu    sync.Mutex
+	socks map[int32]*polled
+	gen   uint32
+
+	// Only the poller's goroutine touches these.
+	events [256]syscall.EpollEvent
+	buf    [64 << 10]byte
+	oob    [64]byte
+}
+
+// polled is one socket the poller reads, with what it has of a frame.
+type polled struct {
+	c    *Conn
+	fd   int32
+	gen  uint32 // tells a reused descriptor number from this socket
+	rest []byte // the start of a frame not yet complete
+	msg  []byte // a fragmented message's earlier fragments
+	op   byte   // the fragmented message's opcode
+}
+
+// maxFrame bounds a frame the poller accepts, as gws's ReadMaxPayloadSize
+// does for a read loop: chatd's largest (a history page) is far below.
+const maxFrame = 16 << 20
+
+// newPoller starts a poller.
+func newPoller() (*poller, error) {
+	epfd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, os.NewSyscallError("epoll_create1", err)
+	}
+	// Non-blocking, so that os.NewFile hands it to Go's network poller.
+	if err := syscall.SetNonblock(epfd, true); err != nil {
+		syscall.Close(epfd)
+		return nil, os.NewSyscallError("setnonblock", err)
+	}
+	f := os.NewFile(uintptr(epfd), "epoll")
+	raw, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	p := &poller{epoll: f, raw: raw, epfd: epfd, socks: map[int32]*polled{}}
+	p.wait = p.round
+	go p.run()
+	return p, nil
+}
+
+// add makes the poller read c, whose handshake is done and whose read
+// buffer holds nothing: the welcome is still in the socket.
+func (p *poller) add(c *Conn) error {
+	ac, ok := c.ws.NetConn().(*arrivalConn)
+	if !ok {
+		return errors.New("not an arrivalConn")
+	}
+	fd, err := ac.descriptor()
+	if err != nil {
+		return err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.gen++
+	s := &polled{c: c, fd: int32(fd), gen: p.gen}
+	ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP, Fd: s.fd, Pad: int32(s.gen)}
+	if err := syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		return os.NewSyscallError("epoll_ctl", err)
+	}
+	p.socks[s.fd] = s
+	// Closed by anyone but the poller (Conn.Close or Abort, a failed
+	// write): stop reading it, and report the end as its read loop would
+	// have, from a goroutine of its own as a read loop is one.
+	forget := func() {
+		if p.forget(s) {
+			at := time.Now()
+			go c.ended(0, at)
+		}
+	}
+	ac.onClose.Store(&forget)
+	return nil
+}
+
+// forget stops reading s: its descriptor is about to be closed. It
+// reports whether s was still being read.
+func (p *poller) forget(s *polled) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.socks[s.fd] != s {
+		return false
+	}
+	delete(p.socks, s.fd)
+	_ = syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_DEL, int(s.fd), nil)
+	return true
+}
+
+// run reads rounds of ready sockets for as long as the process lives.
+func (p *poller) run() {
+	for {
+		if err := p.raw.Read(p.wait); err != nil {
+			return
+		}
+		// Let the senders and timers made runnable by this round go
+		// before the next.
+		runtime.Gosched()
+	}
+}
+
+// round is the epoll descriptor's RawConn.Read callback: it takes the
+// sockets ready now and reads each once. With none ready it reports false,
+// and the goroutine parks until the epoll descriptor is readable again.
+func (p *poller) round(fd uintptr) bool {
+	n, err := syscall.EpollWait(int(fd), p.events[:], 0)
+	if err == syscall.EINTR || n <= 0 {
+		return false
+	}
+	for _, ev := range p.events[:n] {
+		p.read(ev.Fd, uint32(ev.Pad))
+	}
+	return true
+}
+
+// read reads the socket registered as fd (if it still is, as gen) once,
+// and handles the frames that are complete.
+func (p *poller) read(fd int32, gen uint32) {
+	p.mu.Lock()
+	s := p.socks[fd]
+	if s == nil || s.gen != gen {
+		p.mu.Unlock()
+		return
+	}
+	var n, oobn int
+	var err error
+	for {
+		n, oobn, _, _, err = syscall.Recvmsg(int(fd), p.buf[:], p.oob[:], 0)
+		if err != syscall.EINTR {
+			break
+		}
+	}
+	p.mu.Unlock()
+	switch {
+	case err == syscall.EAGAIN:
+		return
+	case err != nil || n == 0:
+		// Gone without a close frame, as a read loop would see it.
+		p.forget(s)
+		s.c.Abort()
+		s.c.ended(0, time.Now())
+		return
+	}
+	arrived := stampOf(p.oob[:oobn])
+	data := p.buf[:n]
+	if len(s.rest) > 0 {
+		s.rest = append(s.rest, data...)
+		data = s.rest
+	}
+	used, ok := p.frames(s, data, arrived)
+	if !ok {
+		s.rest = nil
+		return
+	}
+	// Keep the start of an incomplete frame (copy handles the overlap when
+	// data is s.rest itself).
+	left := data[used:]
+	if len(left) == 0 {
+		s.rest = s.rest[:0]
+		return
+	}
+	if len(s.rest) > 0 {
+		s.rest = s.rest[:copy(s.rest, left)]
+	} else {
+		s.rest = append(s.rest[:0], left...)
+	}
+}
+
+// frames handles the complete frames at the start of data and returns how
+// many bytes they took; ok is false once the socket has ended.
+func (p *poller) frames(s *polled, data []byte, arrived int64) (used int, ok bool) {
+	for {
+		b := data[used:]
+		if len(b) < 2 {
+			return used, true
+		}
+		if b[1]&0x80 != 0 {
+			return used, p.fail(s, 1002) // a server never masks
+		}
+		size, head := uint64(b[1]&0x7f), 2
+		switch size {
+		case 126:
+			if len(b) < 4 {
+				return used, true
+			}
+			size, head = uint64(binary.BigEndian.Uint16(b[2:])), 4
+		case 127:
+			if len(b) < 10 {
+				return used, true
+			}
+			size, head = binary.BigEndian.Uint64(b[2:]), 10
+		}
+		if size > maxFrame {
+			return used, p.fail(s, 1009)
+		}
+		if uint64(len(b)-head) < size {
+			return used, true
+		}
+		payload := b[head : head+int(size)]
+		used += head + int(size)
+		if !p.frame(s, b[0], payload, arrived) {
+			return used, false
+		}
+	}
+}
+
+// frame handles one frame; it reports false once the socket has ended.
+func (p *poller) frame(s *polled, b0 byte, payload []byte, arrived int64) bool {
+	fin, op := b0&0x80 != 0, b0&0x0f
+	switch op {
+	case 0x1, 0x2: // text, binary
+		if len(s.msg) > 0 || s.op != 0 {
+			return p.fail(s, 1002) // a new message inside a fragmented one
+		}
+		if !fin {
+			s.op, s.msg = op, append(s.msg[:0], payload...)
+			return true
+		}
+		p.message(s, payload, arrived)
+	case 0x0: // continuation
+		if s.op == 0 {
+			return p.fail(s, 1002)
+		}
+		s.msg = append(s.msg, payload...)
+		if len(s.msg) > maxFrame {
+			return p.fail(s, 1009)
+		}
+		if fin {
+			p.message(s, s.msg, arrived)
+			s.op, s.msg = 0, s.msg[:0]
+		}
+	case 0x8: // close
+		p.closed(s, payload)
+		return false
+	case 0x9: // ping
+		_ = s.c.ws.WritePong(payload)
+	case 0xA: // pong
+	default:
+		return p.fail(s, 1002)
+	}
+	return true
+}
+
+// message hands a whole message to the Conn.
+func (p *poller) message(s *polled, data []byte, arrived int64) {
+	c := s.c
+	if c.readClock {
+		arrived = 0
+	}
+	if c.handleText(data, arrived) && c.linger > 0 {
+		// Answer the close (and whatever follows) only after the linger,
+		// as a read loop parked for it would.
+		s.c.lingerUntil = time.Now().Add(c.linger)
+	}
+}
+
+// closed answers the server's close frame, as gws's read loop does: the
+// code echoed (1000 for the reserved ones), then the connection closed.
+// A socket lingering after token_expired answers when its linger is over,
+// without holding up the others.
+func (p *poller) closed(s *polled, payload []byte) {
+	code := uint16(0)
+	if len(payload) >= 2 {
+		code = binary.BigEndian.Uint16(payload)
+	}
+	c := s.c
+	p.forget(s)
+	answer := func() {
+		reply := code
+		if reply < 3000 || reply >= 5000 {
+			reply = 1000
+		}
+		_ = c.ws.WriteClose(reply, nil)
+		c.ended(code, time.Now())
+	}
+	if wait := time.Until(c.lingerUntil); wait > 0 {
+		time.AfterFunc(wait, answer)
+		return
+	}
+	answer()
+}
+
+// fail ends a socket that broke the protocol, with a close frame of code.
+func (p *poller) fail(s *polled, code uint16) bool {
+	p.forget(s)
+	_ = s.c.ws.WriteClose(code, nil)
+	s.c.ended(0, time.Now())
+	return false
+}
