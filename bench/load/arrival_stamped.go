@@ -3,12 +3,12 @@
 package load
 
 import (
+	"bytes"
 	"encoding/binary"
 	"io"
 	"net"
 	"sync/atomic"
 	"syscall"
-	"time"
 )
 
 // arrivalConn reads with recvmsg and keeps the kernel's receive timestamp
@@ -35,9 +35,11 @@ type arrivalConn struct {
 	// headers: reads stop at the end of the HTTP response's headers until
 	// it has been read (matched counts how much of "\r\n\r\n" the bytes
 	// read so far end with). The frames behind them then stay in the
-	// socket for the poller rather than in gws's read buffer.
+	// socket for the poller rather than in gws's read buffer. A response
+	// other than 101 is read as usual: its body is the refusal's error.
 	headers bool
 	matched int
+	status  bool // the response's first bytes have been read
 	// onClose, if set, runs before the descriptor is closed: the poller
 	// stops reading it (see poller.forget).
 	onClose atomic.Pointer[func()]
@@ -117,7 +119,18 @@ func (c *arrivalConn) readHeaders(p []byte) (int, error) {
 	if n == 0 {
 		return 0, io.EOF
 	}
+	if !c.status {
+		// The first bytes of the response: its status line (in practice
+		// whole in the first segment).
+		c.status = true
+		if n >= 12 && (!bytes.HasPrefix(p, []byte("HTTP/1.")) || !bytes.Equal(p[8:12], []byte(" 101"))) {
+			c.headers = false
+		}
+	}
 	for i, b := range p[:n] {
+		if !c.headers {
+			break
+		}
 		switch {
 		case b == "\r\n\r\n"[c.matched]:
 			c.matched++
@@ -136,7 +149,10 @@ func (c *arrivalConn) readHeaders(p []byte) (int, error) {
 	if rerr := c.raw.Read(recv(0)); rerr != nil {
 		return 0, rerr
 	}
-	return n, err
+	if err != nil {
+		return 0, err
+	}
+	return n, nil
 }
 
 // Close implements net.Conn; onClose runs first.
@@ -170,7 +186,10 @@ func (c *arrivalConn) recvmsg(fd uintptr) bool {
 }
 
 // stampOf finds SCM_TIMESTAMPNS in a control message buffer, without the
-// allocations of syscall.ParseSocketControlMessage; the read time if absent.
+// allocations of syscall.ParseSocketControlMessage; 0 if absent (the
+// frames are then timed when read). It can be absent for a while after
+// the first socket of the machine turns timestamps on: the kernel turns
+// them on for its receive path a little later.
 func stampOf(oob []byte) int64 {
 	const hdr = syscall.SizeofCmsghdr // 64-bit (see the build line): len uint64, level int32, type int32
 	for len(oob) >= hdr {
@@ -187,7 +206,7 @@ func stampOf(oob []byte) int64 {
 		}
 		oob = oob[min(len(oob), (size+7)&^7):]
 	}
-	return time.Now().UnixNano()
+	return 0
 }
 
 // arrivalOf returns when the data of c's last read arrived (unix ns), or 0

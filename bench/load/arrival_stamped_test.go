@@ -34,6 +34,22 @@ func TestArrivalTimestamps(t *testing.T) {
 	srv := <-accepted
 	defer srv.Close()
 
+	// The kernel turns receive timestamps on a little after the first
+	// socket asks for them: wait until reads carry one.
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		if _, err := srv.Write([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Read(make([]byte, 1)); err != nil {
+			t.Fatal(err)
+		}
+		if arrivalOf(c) != 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no receive timestamp after 5 s")
+		}
+	}
 	for range 3 {
 		before := time.Now()
 		if _, err := srv.Write([]byte("hello")); err != nil {

@@ -29,14 +29,17 @@ type Dialer struct {
 	// SourceIPs are local addresses used in turn, to spread sockets past
 	// one address's ephemeral ports. Empty: the kernel chooses.
 	SourceIPs []net.IP
-	// ReadBufferSize is each socket's read buffer (default 1024). A larger
-	// one reads more frames per syscall under fan-out load.
+	// ReadBufferSize is each socket's read buffer (default 1024): the
+	// handshake's, and with ReadLoops the read loop's, where a larger one
+	// reads more frames per syscall under fan-out load. The poller reads
+	// into one buffer of its own.
 	ReadBufferSize int
 	// Timeout bounds the dial plus the handshake plus the welcome (5s).
 	Timeout time.Duration
-	// LingerExpired, if set, parks a socket's read loop this long after it
-	// reads token_expired, before it answers the close. On one client core,
-	// each socket's close handshake would otherwise delay the next socket's
+	// LingerExpired, if set, makes a socket that reads token_expired wait
+	// this long before it answers the close (a read loop parks for it; the
+	// poller reads on and answers later). On one client core, each
+	// socket's close handshake would otherwise delay the next socket's
 	// read and be counted as the server's lateness; real clients, each on
 	// its own machine, do not wait for each other.
 	LingerExpired time.Duration
@@ -57,9 +60,13 @@ type Dialer struct {
 	poll     *poller
 }
 
-// Events receives what happens on the sockets of a Dialer. Each method runs
-// on the goroutine that reads the socket (its read loop, or the Dialer's
-// poller, which reads them all) and must be quick. Any may be nil.
+// Events receives what happens on the sockets of a Dialer. Message and
+// Frame run on the goroutine that reads the socket (its read loop, or the
+// Dialer's poller, which reads them all) and must be quick. With a read
+// loop, Closed runs there too, last; under the poller it may run on
+// another goroutine (the one that closed the socket, or a linger's
+// timer), even while frames read before the end are still being handled.
+// Any may be nil.
 type Events struct {
 	// Message is called for every `message` frame with its text.
 	Message func(c *Conn, text []byte, now time.Time)
@@ -115,7 +122,8 @@ func (e *ErrStatus) Error() string {
 }
 
 // Dial opens a socket with token, waits for the welcome frame and returns
-// the socket with its read loop running. id and shard are stored in Conn.
+// the socket being read (by the Dialer's poller, or a read loop of its
+// own). id and shard are stored in Conn.
 func (d *Dialer) Dial(token string, id, shard int, ev *Events) (*Conn, error) {
 	timeout := d.Timeout
 	if timeout <= 0 {
@@ -269,13 +277,22 @@ func (c *Conn) handleText(data []byte, arrived int64) (expired bool) {
 	}
 	if !c.welcomed {
 		c.welcomed = true
+		// Sends that never wait: the socket may have ended meanwhile (a
+		// Dial that gave up, from another goroutine under a poller), and
+		// ended's word is then already there.
 		exp, ok := welcomeExp(data)
 		if !ok {
-			c.welcome <- fmt.Errorf("first frame is not a welcome: %.200s", data)
+			select {
+			case c.welcome <- fmt.Errorf("first frame is not a welcome: %.200s", data):
+			default:
+			}
 			return false
 		}
 		c.Exp = exp
-		c.welcome <- nil
+		select {
+		case c.welcome <- nil:
+		default:
+		}
 		return false
 	}
 	typ := frameType(data)

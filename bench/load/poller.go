@@ -3,13 +3,17 @@
 package load
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"os"
 	"runtime"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/lxzan/gws"
 )
 
 // poller reads the sockets of a Dialer from one goroutine. It keeps an
@@ -24,12 +28,19 @@ import (
 // round of epoll_wait finds every socket with data, one read each takes
 // what is there, and a socket with more left is simply reported again.
 //
+// A read takes what the socket holds, up to 64 KiB, and TCP's receive
+// timestamp is that of the last segment it took: frames that arrived
+// earlier in the same read count as arriving with the last. Under a
+// backlog the arrival clock errs late, against the server, never for it.
+//
 // The epoll descriptor itself waits in Go's network poller (it is
 // readable while any socket in it is), so the goroutine parks like any
 // other and never holds the process's processor in a blocking syscall.
 //
-// Writes (a sender's messages, pongs, the close) stay gws's, on the
-// caller's goroutine.
+// Writes (a sender's messages, pongs, the close) stay gws's, and none is
+// made on the poller's goroutine: a write can wait (for a full socket, or
+// for a sender's write holding the socket's lock), and every socket would
+// wait with it.
 type poller struct {
 	epoll *os.File
 	raw   syscall.RawConn
@@ -42,6 +53,7 @@ type poller struct {
 	mu    sync.Mutex
 	socks map[int32]*polled
 	gen   uint32
+	dead  error // why run stopped; add then refuses
 
 	// Only the poller's goroutine touches these.
 	events [256]syscall.EpollEvent
@@ -99,6 +111,9 @@ func (p *poller) add(c *Conn) error {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.dead != nil {
+		return p.dead
+	}
 	p.gen++
 	s := &polled{c: c, fd: int32(fd), gen: p.gen}
 	ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP, Fd: s.fd, Pad: int32(s.gen)}
@@ -133,9 +148,13 @@ func (p *poller) forget(s *polled) bool {
 }
 
 // run reads rounds of ready sockets for as long as the process lives.
+// Should the epoll descriptor fail, later dials get read loops.
 func (p *poller) run() {
 	for {
 		if err := p.raw.Read(p.wait); err != nil {
+			p.mu.Lock()
+			p.dead = fmt.Errorf("poller stopped: %w", err)
+			p.mu.Unlock()
 			return
 		}
 		// Let the senders and timers made runnable by this round go
@@ -149,7 +168,10 @@ func (p *poller) run() {
 // and the goroutine parks until the epoll descriptor is readable again.
 func (p *poller) round(fd uintptr) bool {
 	n, err := syscall.EpollWait(int(fd), p.events[:], 0)
-	if err == syscall.EINTR || n <= 0 {
+	for err == syscall.EINTR {
+		n, err = syscall.EpollWait(int(fd), p.events[:], 0)
+	}
+	if n <= 0 {
 		return false
 	}
 	for _, ev := range p.events[:n] {
@@ -252,6 +274,12 @@ func (p *poller) frames(s *polled, data []byte, arrived int64) (used int, ok boo
 // frame handles one frame; it reports false once the socket has ended.
 func (p *poller) frame(s *polled, b0 byte, payload []byte, arrived int64) bool {
 	fin, op := b0&0x80 != 0, b0&0x0f
+	if b0&0x70 != 0 {
+		return p.fail(s, 1002) // no extension was agreed
+	}
+	if op >= 0x8 && (!fin || len(payload) > 125) {
+		return p.fail(s, 1002) // control frames are whole and short
+	}
 	switch op {
 	case 0x1, 0x2: // text, binary
 		if len(s.msg) > 0 || s.op != 0 {
@@ -278,7 +306,7 @@ func (p *poller) frame(s *polled, b0 byte, payload []byte, arrived int64) bool {
 		p.closed(s, payload)
 		return false
 	case 0x9: // ping
-		_ = s.c.ws.WritePong(payload)
+		s.c.ws.WriteAsync(gws.OpcodePong, bytes.Clone(payload), nil)
 	case 0xA: // pong
 	default:
 		return p.fail(s, 1002)
@@ -289,9 +317,6 @@ func (p *poller) frame(s *polled, b0 byte, payload []byte, arrived int64) bool {
 // message hands a whole message to the Conn.
 func (p *poller) message(s *polled, data []byte, arrived int64) {
 	c := s.c
-	if c.readClock {
-		arrived = 0
-	}
 	if c.handleText(data, arrived) && c.linger > 0 {
 		// Answer the close (and whatever follows) only after the linger,
 		// as a read loop parked for it would.
@@ -299,22 +324,15 @@ func (p *poller) message(s *polled, data []byte, arrived int64) {
 	}
 }
 
-// closed answers the server's close frame, as gws's read loop does: the
-// code echoed (1000 for the reserved ones), then the connection closed.
-// A socket lingering after token_expired answers when its linger is over,
-// without holding up the others.
+// closed answers the server's close frame with closeReply's code, then
+// the connection is closed and the end reported with the server's code. A
+// socket lingering after token_expired answers when its linger is over.
+// Either way the answer is written off the poller's goroutine.
 func (p *poller) closed(s *polled, payload []byte) {
-	code := uint16(0)
-	if len(payload) >= 2 {
-		code = binary.BigEndian.Uint16(payload)
-	}
+	code, reply := closeReply(payload)
 	c := s.c
 	p.forget(s)
 	answer := func() {
-		reply := code
-		if reply < 3000 || reply >= 5000 {
-			reply = 1000
-		}
 		_ = c.ws.WriteClose(reply, nil)
 		c.ended(code, time.Now())
 	}
@@ -322,13 +340,39 @@ func (p *poller) closed(s *polled, payload []byte) {
 		time.AfterFunc(wait, answer)
 		return
 	}
-	answer()
+	go answer()
 }
 
-// fail ends a socket that broke the protocol, with a close frame of code.
+// closeReply returns the code of a close frame's payload (0 if none) and
+// the code to answer with, as gws's read loop chooses it: the
+// application's codes (3000-4999) echoed, the other valid ones answered
+// with 1000, invalid ones with 1002 (protocol error). An empty close is
+// answered with 1000 (gws answers with an empty one).
+func closeReply(payload []byte) (code, reply uint16) {
+	switch len(payload) {
+	case 0:
+		return 0, 1000
+	case 1:
+		return uint16(payload[0]), 1002
+	}
+	code = binary.BigEndian.Uint16(payload)
+	switch {
+	case code >= 3000 && code < 5000:
+		return code, code
+	case code < 1000 || code > 1015 || code == 1004 || code == 1005 || code == 1006 || code == 1014 || code == 1015:
+		return code, 1002
+	}
+	return code, 1000
+}
+
+// fail ends a socket that broke the protocol: a close frame of code,
+// written off the poller's goroutine, and the end reported.
 func (p *poller) fail(s *polled, code uint16) bool {
 	p.forget(s)
-	_ = s.c.ws.WriteClose(code, nil)
-	s.c.ended(0, time.Now())
+	c := s.c
+	go func() {
+		_ = c.ws.WriteClose(code, nil)
+		c.ended(0, time.Now())
+	}()
 	return false
 }

@@ -7,19 +7,22 @@ import (
 	"crypto/sha1"
 	"encoding/base64"
 	"encoding/binary"
+	"errors"
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 )
 
-// fakeServer accepts one WebSocket client and lets the test write raw
-// server frames to it, in whatever pieces it likes.
+// fakeServer accepts WebSocket clients and lets the test write raw server
+// frames to them, in whatever pieces it likes.
 type fakeServer struct {
-	ln   net.Listener
-	conn chan net.Conn
+	ln net.Listener
 }
 
 func newFakeServer(t *testing.T) *fakeServer {
@@ -28,28 +31,32 @@ func newFakeServer(t *testing.T) *fakeServer {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	return &fakeServer{ln: ln, conn: make(chan net.Conn, 1)}
+	return &fakeServer{ln: ln}
 }
 
 func (s *fakeServer) url() string { return "ws://" + s.ln.Addr().String() + "/ws" }
 
 // accept answers the upgrade with first (frames) in the same write as the
-// 101, so that they arrive together.
+// 101, so that they arrive together. It runs beside the Dial, so it
+// reports a failure with t.Error (the Dial then fails too) and returns nil.
 func (s *fakeServer) accept(t *testing.T, first []byte) net.Conn {
 	c, err := s.ln.Accept()
 	if err != nil {
-		t.Fatal(err)
+		t.Error(err)
+		return nil
 	}
 	t.Cleanup(func() { c.Close() })
 	req, err := http.ReadRequest(bufio.NewReader(c))
 	if err != nil {
-		t.Fatal(err)
+		t.Error(err)
+		return nil
 	}
 	sum := sha1.Sum([]byte(req.Header.Get("Sec-WebSocket-Key") + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
 	resp := "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
 		"Sec-WebSocket-Accept: " + base64.StdEncoding.EncodeToString(sum[:]) + "\r\n\r\n"
 	if _, err := c.Write(append([]byte(resp), first...)); err != nil {
-		t.Fatal(err)
+		t.Error(err)
+		return nil
 	}
 	return c
 }
@@ -98,6 +105,18 @@ func readClientFrame(t *testing.T, r io.Reader) (op byte, payload []byte) {
 		payload[i] ^= mask[i%4]
 	}
 	return h[0] & 0x0f, payload
+}
+
+// waitFor receives from ch, or fails the test after 5 s.
+func waitFor[T any](t *testing.T, ch <-chan T) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(5 * time.Second):
+		t.Fatal("timed out")
+		panic("unreachable")
+	}
 }
 
 type closedEvent struct {
@@ -247,32 +266,188 @@ func TestPollerLinger(t *testing.T) {
 	if waited := time.Since(told); waited < linger {
 		t.Fatalf("close answered after %v, before the linger of %v", waited, linger)
 	}
-	e := <-closed
+	e := waitFor(t, closed)
 	if e.code != 4001 || a.ToldExpired().IsZero() || a.ToldExpired().Before(told) {
 		t.Fatalf("closed %d, told expired at %v (sent at %v)", e.code, a.ToldExpired(), told)
 	}
 }
 
-// A masked frame from the server breaks the protocol: the client closes
-// with 1002 and reports the end.
-func TestPollerProtocolError(t *testing.T) {
+// Frames that break the protocol: the client closes with the code that
+// says why and reports the end (with no code: the server sent none).
+func TestPollerProtocolErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		frame []byte
+		code  uint16
+	}{
+		{"masked", []byte{0x81, 0x82, 1, 2, 3, 4, 'h' ^ 1, 'i' ^ 2}, 1002},
+		{"reserved bit", []byte{0xC1, 0x02, 'h', 'i'}, 1002},
+		{"fragmented ping", serverFrame(false, 9, []byte("p")), 1002},
+		{"long ping", serverFrame(true, 9, make([]byte, 126)), 1002},
+		{"unknown opcode", serverFrame(true, 3, nil), 1002},
+		{"lone continuation", serverFrame(true, 0, []byte("x")), 1002},
+		{"too large", binary.BigEndian.AppendUint64([]byte{0x81, 127}, maxFrame+1), 1009},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newFakeServer(t)
+			closed := make(chan closedEvent, 1)
+			d := &Dialer{URL: s.url()}
+			_, srv := dialPolled(t, s, d, &Events{Closed: func(_ *Conn, code uint16, at time.Time) { closed <- closedEvent{code, at} }})
+			if _, err := srv.Write(tc.frame); err != nil {
+				t.Fatal(err)
+			}
+			if op, payload := readClientFrame(t, srv); op != 8 || binary.BigEndian.Uint16(payload) != tc.code {
+				t.Fatalf("answer: opcode %x %q, want close %d", op, payload, tc.code)
+			}
+			if e := waitFor(t, closed); e.code != 0 {
+				t.Fatalf("closed with code %d, want 0 (the server sent none)", e.code)
+			}
+		})
+	}
+}
+
+// A 64-bit length is read, and a frame may take many reads.
+func TestPollerLongFrame(t *testing.T) {
 	s := newFakeServer(t)
-	closed := make(chan closedEvent, 1)
+	texts := make(chan string, 1)
 	d := &Dialer{URL: s.url()}
-	_, srv := dialPolled(t, s, d, &Events{Closed: func(_ *Conn, code uint16, at time.Time) { closed <- closedEvent{code, at} }})
-	if _, err := srv.Write([]byte{0x81, 0x82, 1, 2, 3, 4, 'h' ^ 1, 'i' ^ 2}); err != nil {
+	_, srv := dialPolled(t, s, d, &Events{Message: func(_ *Conn, text []byte, _ time.Time) { texts <- string(text) }})
+	long := strings.Repeat("z", 200_000)
+	f := serverFrame(true, 1, []byte(`{"type":"message","room":"general","seq":1,"id":"x","from":"u","text":"`+long+`","ts":1}`))
+	if f[1] != 127 {
+		t.Fatalf("not a 64-bit length: %x", f[:2])
+	}
+	if _, err := srv.Write(f); err != nil {
 		t.Fatal(err)
 	}
-	if op, payload := readClientFrame(t, srv); op != 8 || binary.BigEndian.Uint16(payload) != 1002 {
-		t.Fatalf("answer: opcode %x %q, want close 1002", op, payload)
+	if got := waitFor(t, texts); got != long {
+		t.Fatalf("got %d bytes, want %d", len(got), len(long))
 	}
-	select {
-	case e := <-closed:
-		if e.code != 0 {
-			t.Fatalf("closed with code %d, want 0 (the server sent none)", e.code)
+}
+
+// The server's close codes are answered as gws answers them.
+func TestCloseReply(t *testing.T) {
+	for _, tc := range []struct {
+		payload     []byte
+		code, reply uint16
+	}{
+		{nil, 0, 1000},
+		{[]byte{3}, 3, 1002},
+		{binary.BigEndian.AppendUint16(nil, 1000), 1000, 1000},
+		{binary.BigEndian.AppendUint16(nil, 1001), 1001, 1000},
+		{binary.BigEndian.AppendUint16(nil, 1005), 1005, 1002},
+		{binary.BigEndian.AppendUint16(nil, 2000), 2000, 1002},
+		{binary.BigEndian.AppendUint16(nil, 4001), 4001, 4001},
+		{binary.BigEndian.AppendUint16(nil, 5000), 5000, 1002},
+	} {
+		if code, reply := closeReply(tc.payload); code != tc.code || reply != tc.reply {
+			t.Errorf("closeReply(%v) = %d, %d; want %d, %d", tc.payload, code, reply, tc.code, tc.reply)
 		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Closed not called")
+	}
+}
+
+// A refused handshake still reports the error code of its JSON body: the
+// reads stop at the end of the headers only for a 101.
+func TestPollerRefusedHandshake(t *testing.T) {
+	s := newFakeServer(t)
+	go func() {
+		c, err := s.ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
+			return
+		}
+		body := `{"error":"invalid_token","message":"the token is not valid"}`
+		_, _ = c.Write([]byte("HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: " +
+			strconv.Itoa(len(body)) + "\r\n\r\n" + body))
+		_, _ = io.Copy(io.Discard, c)
+	}()
+	_, err := (&Dialer{URL: s.url()}).Dial("token", 0, 0, nil)
+	var se *ErrStatus
+	if !errors.As(err, &se) || se.Status != 401 || se.Code != "invalid_token" {
+		t.Fatalf("dial: %v, want 401 invalid_token", err)
+	}
+}
+
+// A socket whose writes are stuck (the server reads nothing from it) holds
+// up no other: its pong is written off the poller's goroutine.
+func TestPollerStuckWriter(t *testing.T) {
+	s := newFakeServer(t)
+	texts := make(chan string, 1)
+	d := &Dialer{URL: s.url()}
+	ev := &Events{Message: func(_ *Conn, text []byte, _ time.Time) { texts <- string(text) }}
+	a, srvA := dialPolled(t, s, d, ev)
+	_, srvB := dialPolled(t, s, d, ev)
+	// A write far larger than the socket's buffers, which the server never
+	// reads: it holds A's write lock for good. Once its first bytes are in
+	// the send queue, it has the lock.
+	ac := a.ws.NetConn().(*arrivalConn)
+	if err := ac.SetWriteBuffer(4096); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = a.Write(make([]byte, 1<<20)) }()
+	for deadline := time.Now().Add(5 * time.Second); sendQueue(t, ac) == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the write never started")
+		}
+	}
+	if _, err := srvA.Write(serverFrame(true, 9, []byte("ping"))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := srvB.Write(serverFrame(true, 1, []byte(`{"type":"message","room":"general","seq":1,"id":"x","from":"u","text":"for B","ts":1}`))); err != nil {
+		t.Fatal(err)
+	}
+	if got := waitFor(t, texts); got != "for B" {
+		t.Fatalf("B got %q", got)
+	}
+	a.Abort()
+}
+
+// sendQueue returns the bytes in c's send queue not yet acknowledged.
+func sendQueue(t *testing.T, c *arrivalConn) int {
+	var n int32
+	var errno syscall.Errno
+	if err := c.raw.Control(func(fd uintptr) {
+		_, _, errno = syscall.Syscall(syscall.SYS_IOCTL, fd, syscall.TIOCOUTQ, uintptr(unsafe.Pointer(&n)))
+	}); err != nil || errno != 0 {
+		t.Fatalf("SIOCOUTQ: %v %v", err, errno)
+	}
+	return int(n)
+}
+
+// A Dial that gives up on the welcome while the poller is handling it
+// leaves the poller reading the other sockets: the welcome is not waited
+// for any more, and is dropped.
+func TestPollerDialGivesUp(t *testing.T) {
+	s := newFakeServer(t)
+	texts := make(chan string, 2)
+	ev := &Events{Message: func(_ *Conn, text []byte, _ time.Time) {
+		if string(text) == "slow" {
+			time.Sleep(300 * time.Millisecond) // past the Dial's timeout
+			return
+		}
+		texts <- string(text)
+	}}
+	d := &Dialer{URL: s.url()}
+	_, srvB := dialPolled(t, s, d, ev)
+
+	d.Timeout = 100 * time.Millisecond
+	msg := func(text string) []byte {
+		return serverFrame(true, 1, []byte(`{"type":"message","room":"general","seq":1,"id":"x","from":"u","text":"`+text+`","ts":1}`))
+	}
+	// A message the poller takes 300 ms over, and behind it the welcome.
+	first := append(msg("slow"), serverFrame(true, 1, []byte(`{"type":"welcome","exp":1893456000}`))...)
+	go s.accept(t, first)
+	if _, err := d.Dial("token", 8, 0, ev); err == nil {
+		t.Fatal("the dial did not give up")
+	}
+	if _, err := srvB.Write(msg("for B")); err != nil {
+		t.Fatal(err)
+	}
+	if got := waitFor(t, texts); got != "for B" {
+		t.Fatalf("B got %q", got)
 	}
 }
 
@@ -287,7 +462,7 @@ func TestPollerEOFAndClientClose(t *testing.T) {
 	b, srvB := dialPolled(t, s, d, ev)
 
 	srvA.Close()
-	if code := <-closed; code != 0 {
+	if code := waitFor(t, closed); code != 0 {
 		t.Fatalf("dropped socket closed with %d, want 0", code)
 	}
 	b.Close()
@@ -297,7 +472,7 @@ func TestPollerEOFAndClientClose(t *testing.T) {
 	if _, err := io.Copy(io.Discard, srvB); err != nil {
 		t.Fatal(err)
 	}
-	if code := <-closed; code != 0 {
+	if code := waitFor(t, closed); code != 0 {
 		t.Fatalf("socket closed by the client reported with %d, want 0", code)
 	}
 	d.poll.mu.Lock()
