@@ -79,6 +79,14 @@ func serverFrame(fin bool, op byte, payload []byte) []byte {
 	return append(f, payload...)
 }
 
+// messageJSON is a chat message as chatd sends it, with text.
+func messageJSON(text string) []byte {
+	return []byte(`{"type":"message","room":"general","seq":1,"id":"x","from":"u","text":"` + text + `","ts":1}`)
+}
+
+// messageFrame is messageJSON in one frame.
+func messageFrame(text string) []byte { return serverFrame(true, 1, messageJSON(text)) }
+
 // readClientFrame reads one masked client frame.
 func readClientFrame(t *testing.T, r io.Reader) (op byte, payload []byte) {
 	t.Helper()
@@ -161,9 +169,7 @@ func TestPollerFrames(t *testing.T) {
 		t.Fatal("no poller on 64-bit Linux")
 	}
 
-	msg := func(text string) []byte {
-		return []byte(`{"type":"message","room":"general","seq":1,"id":"x","from":"u","text":"` + text + `","ts":1}`)
-	}
+	msg := messageJSON
 	long := strings.Repeat("y", 300) // a 16-bit length
 	var stream []byte
 	stream = append(stream, serverFrame(true, 1, msg("one"))...)
@@ -249,7 +255,7 @@ func TestPollerLinger(t *testing.T) {
 	if _, err := srvA.Write(expire); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := srvB.Write(serverFrame(true, 1, []byte(`{"type":"message","room":"general","seq":1,"id":"x","from":"u","text":"still here","ts":1}`))); err != nil {
+	if _, err := srvB.Write(messageFrame("still here")); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -313,7 +319,7 @@ func TestPollerLongFrame(t *testing.T) {
 	d := &Dialer{URL: s.url()}
 	_, srv := dialPolled(t, s, d, &Events{Message: func(_ *Conn, text []byte, _ time.Time) { texts <- string(text) }})
 	long := strings.Repeat("z", 200_000)
-	f := serverFrame(true, 1, []byte(`{"type":"message","room":"general","seq":1,"id":"x","from":"u","text":"`+long+`","ts":1}`))
+	f := messageFrame(long)
 	if f[1] != 127 {
 		t.Fatalf("not a 64-bit length: %x", f[:2])
 	}
@@ -396,7 +402,7 @@ func TestPollerStuckWriter(t *testing.T) {
 	if _, err := srvA.Write(serverFrame(true, 9, []byte("ping"))); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := srvB.Write(serverFrame(true, 1, []byte(`{"type":"message","room":"general","seq":1,"id":"x","from":"u","text":"for B","ts":1}`))); err != nil {
+	if _, err := srvB.Write(messageFrame("for B")); err != nil {
 		t.Fatal(err)
 	}
 	if got := waitFor(t, texts); got != "for B" {
@@ -434,9 +440,7 @@ func TestPollerDialGivesUp(t *testing.T) {
 	_, srvB := dialPolled(t, s, d, ev)
 
 	d.Timeout = 100 * time.Millisecond
-	msg := func(text string) []byte {
-		return serverFrame(true, 1, []byte(`{"type":"message","room":"general","seq":1,"id":"x","from":"u","text":"`+text+`","ts":1}`))
-	}
+	msg := messageFrame
 	// A message the poller takes 300 ms over, and behind it the welcome.
 	first := append(msg("slow"), serverFrame(true, 1, []byte(`{"type":"welcome","exp":1893456000}`))...)
 	go s.accept(t, first)
