@@ -210,27 +210,77 @@ func (p *poller) read(fd int32, gen uint32) {
 	}
 	arrived := stampOf(p.oob[:oobn])
 	data := p.buf[:n]
+	// A frame begun in an earlier read is completed from data first, so
+	// s.rest never holds more than that one frame.
+	for len(s.rest) > 0 && len(data) > 0 {
+		k := min(missing(s.rest), len(data))
+		s.rest = append(s.rest, data[:k]...)
+		data = data[k:]
+		if missing(s.rest) > 0 {
+			continue // the header is whole now, and says how much more
+		}
+		if _, ok := p.frames(s, s.rest, arrived); !ok {
+			s.rest = nil
+			return
+		}
+		s.rest = s.rest[:0]
+	}
 	if len(s.rest) > 0 {
-		s.rest = append(s.rest, data...)
-		data = s.rest
+		return // still incomplete
 	}
 	used, ok := p.frames(s, data, arrived)
 	if !ok {
 		s.rest = nil
 		return
 	}
-	// Keep the start of an incomplete frame (copy handles the overlap when
-	// data is s.rest itself).
-	left := data[used:]
-	if len(left) == 0 {
-		s.rest = s.rest[:0]
-		return
-	}
-	if len(s.rest) > 0 {
-		s.rest = s.rest[:copy(s.rest, left)]
-	} else {
+	if left := data[used:]; len(left) > 0 {
 		s.rest = append(s.rest[:0], left...)
+	} else if cap(s.rest) > keepRest {
+		s.rest = nil // a rare large frame's buffer is not kept for the socket's life
 	}
+}
+
+// keepRest is the largest buffer for incomplete frames a socket keeps
+// between frames.
+const keepRest = 4 << 10
+
+// header reads the frame header at the start of b: its length and the
+// payload's, once b holds all of it (complete).
+func header(b []byte) (head int, size uint64, complete bool) {
+	if len(b) < 2 {
+		return 0, 0, false
+	}
+	switch size = uint64(b[1] & 0x7f); size {
+	case 126:
+		if len(b) < 4 {
+			return 0, 0, false
+		}
+		return 4, uint64(binary.BigEndian.Uint16(b[2:])), true
+	case 127:
+		if len(b) < 10 {
+			return 0, 0, false
+		}
+		return 10, binary.BigEndian.Uint64(b[2:]), true
+	}
+	return 2, size, true
+}
+
+// missing returns how many more bytes b, the start of a frame, needs to
+// be whole (enough to complete its header, first). It is 0 once b is
+// whole, and once its header shows a frame that frames will refuse.
+func missing(b []byte) int {
+	head, size, complete := header(b)
+	switch {
+	case !complete && len(b) < 2:
+		return 2 - len(b)
+	case !complete && b[1]&0x7f == 126:
+		return 4 - len(b)
+	case !complete:
+		return 10 - len(b)
+	case b[1]&0x80 != 0 || size > maxFrame:
+		return 0
+	}
+	return max(head+int(size)-len(b), 0)
 }
 
 // frames handles the complete frames at the start of data and returns how
@@ -238,24 +288,12 @@ func (p *poller) read(fd int32, gen uint32) {
 func (p *poller) frames(s *polled, data []byte, arrived int64) (used int, ok bool) {
 	for {
 		b := data[used:]
-		if len(b) < 2 {
+		head, size, complete := header(b)
+		if !complete {
 			return used, true
 		}
 		if b[1]&0x80 != 0 {
 			return used, p.fail(s, 1002) // a server never masks
-		}
-		size, head := uint64(b[1]&0x7f), 2
-		switch size {
-		case 126:
-			if len(b) < 4 {
-				return used, true
-			}
-			size, head = uint64(binary.BigEndian.Uint16(b[2:])), 4
-		case 127:
-			if len(b) < 10 {
-				return used, true
-			}
-			size, head = binary.BigEndian.Uint64(b[2:]), 10
 		}
 		if size > maxFrame {
 			return used, p.fail(s, 1009)

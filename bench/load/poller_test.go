@@ -486,3 +486,31 @@ func TestPollerEOFAndClientClose(t *testing.T) {
 		t.Fatalf("the poller still reads %d sockets", n)
 	}
 }
+
+// missing says how many more bytes complete a frame's header, then the
+// frame; 0 for a frame that is whole or that frames will refuse.
+func TestMissing(t *testing.T) {
+	long := serverFrame(true, 1, make([]byte, 300))    // 16-bit length
+	huge := serverFrame(true, 1, make([]byte, 70_000)) // 64-bit length
+	for _, tc := range []struct {
+		b    []byte
+		want int
+	}{
+		{nil, 2},
+		{[]byte{0x81}, 1},
+		{[]byte{0x81, 5}, 5},
+		{[]byte{0x81, 5, 'a', 'b'}, 3},
+		{serverFrame(true, 1, []byte("hello")), 0},
+		{long[:3], 1},
+		{long[:4], 300},
+		{long[:100], 204},
+		{huge[:2], 8},
+		{huge[:10], 70_000},
+		{[]byte{0x81, 0x85}, 0}, // masked: refused
+		{binary.BigEndian.AppendUint64([]byte{0x81, 127}, maxFrame+1), 0}, // too large: refused
+	} {
+		if got := missing(tc.b); got != tc.want {
+			t.Errorf("missing(% x...) = %d, want %d", tc.b[:min(len(tc.b), 4)], got, tc.want)
+		}
+	}
+}
