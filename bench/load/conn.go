@@ -50,8 +50,8 @@ type Dialer struct {
 	ReadClock bool
 	// ReadLoops reads each socket from a goroutine of its own, as most
 	// clients do. By default, on 64-bit Linux, one goroutine woken by epoll
-	// reads them all (see poller): about half the client's CPU per
-	// delivery under fan-out. Elsewhere, and for a socket the poller
+	// reads them all (see poller): a half to two thirds of the client's
+	// CPU per delivery under fan-out. Elsewhere, and for a socket the poller
 	// cannot take, it is a read loop each anyway.
 	ReadLoops bool
 

@@ -98,7 +98,7 @@ func newFlags(cmd string) (*flag.FlagSet, *options) {
 	fs.Float64Var(&o.churn, "churn", 0, "soak: sockets per second closed and reopened")
 	fs.StringVar(&o.room, "room", "general", "the room the senders send to")
 	fs.IntVar(&o.readBuffer, "read-buffer", 0, "read buffer per socket with --read-loops (default: fanout 4096, else 1024)")
-	fs.BoolVar(&o.readLoops, "read-loops", false, "read each socket from a goroutine of its own, as most clients do, rather than all of them\nfrom one epoll loop (64-bit Linux); chatbench then costs about twice the CPU per delivery")
+	fs.BoolVar(&o.readLoops, "read-loops", false, "read each socket from a goroutine of its own, as most clients do, rather than all of them\nfrom one epoll loop (64-bit Linux); chatbench then costs 1.5-1.8 times the CPU per delivery under fan-out")
 	fs.StringVar(&o.clock, "clock", "arrival", "when a frame counts as delivered: arrival (the kernel's receive timestamp, leaving out\nthis process's own queueing) or read (when chatbench gets to it)")
 	fs.BoolVar(&o.json, "json", false, "print one JSON object instead of a table")
 	fs.StringVar(&o.plot, "plot", "", "draw deliveries/s and p50/p99 latency over time into this PNG")
