@@ -43,7 +43,7 @@ import (
 // for a sender's write holding the socket's lock), and every socket would
 // wait with it.
 type poller struct {
-	epoll *os.File
+	epoll *os.File // held: its finalizer would close the descriptor
 	raw   syscall.RawConn
 	epfd  int
 	wait  func(fd uintptr) bool // p.round, bound once
