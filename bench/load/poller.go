@@ -57,9 +57,10 @@ type poller struct {
 	dead  error // why run stopped; add then refuses
 
 	// Only the poller's goroutine touches these.
-	events [256]syscall.EpollEvent
-	buf    [64 << 10]byte
-	oob    [64]byte
+	events   [256]syscall.EpollEvent
+	buf      [64 << 10]byte
+	oob      [64]byte
+	lastData time.Time // the last round that found data
 }
 
 // polled is one socket the poller reads, with what it has of a frame.
@@ -164,13 +165,27 @@ func (p *poller) run() {
 	}
 }
 
+// spinBeforePark is how long the poller keeps looking for data after a
+// round that found some, before it parks.
+//
+// A parked client lets its vCPU halt, and over loopback on a VM each of
+// the server's writes to a halted client must wake it: an IPI, and a VM
+// exit on the server's core, at the host's pace. Real clients are on
+// other machines, where the server's writes wake no vCPU of its own.
+// Interleaved paced runs (100 msg/s into 1,000 sockets) without guest halt
+// polling: p99 median 31.2 ms parking at once, 9.0 ms after 1 ms of this,
+// 9.9 ms after 10 ms; and less steal on the server's core.
+const spinBeforePark = time.Millisecond
+
 // round is the epoll descriptor's RawConn.Read callback: it takes the
-// sockets ready now and reads each once. With none ready it reports false,
-// and the goroutine parks until the epoll descriptor is readable again.
+// sockets ready now and reads each once. With none ready (for
+// spinBeforePark after the last data) it reports false, and the goroutine
+// parks until the epoll descriptor is readable again.
 func (p *poller) round(fd uintptr) bool {
-	n, err := syscall.EpollWait(int(fd), p.events[:], 0)
-	for err == syscall.EINTR {
-		n, err = syscall.EpollWait(int(fd), p.events[:], 0)
+	n := p.ready(fd)
+	for n <= 0 && time.Since(p.lastData) < spinBeforePark {
+		runtime.Gosched() // the senders and timers go first
+		n = p.ready(fd)
 	}
 	if n <= 0 {
 		return false
@@ -178,7 +193,18 @@ func (p *poller) round(fd uintptr) bool {
 	for _, ev := range p.events[:n] {
 		p.read(ev.Fd, uint32(ev.Pad))
 	}
+	p.lastData = time.Now()
 	return true
+}
+
+// ready fills p.events with the sockets ready now and returns how many.
+func (p *poller) ready(fd uintptr) int {
+	for {
+		n, err := syscall.EpollWait(int(fd), p.events[:], 0)
+		if err != syscall.EINTR {
+			return n
+		}
+	}
 }
 
 // read reads the socket registered as fd (if it still is, as gen) once,
