@@ -240,8 +240,9 @@ func (p *poller) read(fd int32, gen uint32) {
 	// A frame begun in an earlier read is completed from data first, so
 	// s.rest never holds more than that one frame.
 	for len(s.rest) > 0 && len(data) > 0 {
-		k := min(missing(s.rest), len(data))
-		s.rest = append(slices.Grow(s.rest, k), data[:k]...)
+		need := missing(s.rest)
+		k := min(need, len(data))
+		s.rest = append(slices.Grow(s.rest, need), data[:k]...) // sized once
 		data = data[k:]
 		if missing(s.rest) > 0 {
 			continue // the header is whole now, and says how much more
