@@ -95,7 +95,6 @@ type Conn struct {
 	expiredRead atomic.Int64
 	linger      time.Duration // see Dialer.LingerExpired
 	readClock   bool          // see Dialer.ReadClock
-	lingerUntil time.Time     // when a poller may answer the close
 }
 
 // ErrStatus is a refused handshake: the HTTP status and the error code of
@@ -248,6 +247,16 @@ func (c *Conn) ToldExpired() time.Time {
 		return time.Unix(0, ns)
 	}
 	return time.Time{}
+}
+
+// lingerLeft returns how much of LingerExpired is still to come since the
+// socket read token_expired (0 if it has not, or has no linger).
+func (c *Conn) lingerLeft() time.Duration {
+	read := c.expiredRead.Load()
+	if read == 0 || c.linger <= 0 {
+		return 0
+	}
+	return time.Until(time.Unix(0, read).Add(c.linger))
 }
 
 // ToldExpiredRead returns when the client read the token_expired frame.

@@ -356,7 +356,7 @@ func (p *poller) frame(s *polled, b0 byte, payload []byte, arrived int64) bool {
 			s.op, s.msg = op, append(s.msg[:0], payload...)
 			return true
 		}
-		p.message(s, payload, arrived)
+		s.c.handleText(payload, arrived)
 	case 0x0: // continuation
 		if s.op == 0 {
 			return p.fail(s, 1002)
@@ -366,7 +366,7 @@ func (p *poller) frame(s *polled, b0 byte, payload []byte, arrived int64) bool {
 			return p.fail(s, 1009)
 		}
 		if fin {
-			p.message(s, s.msg, arrived)
+			s.c.handleText(s.msg, arrived)
 			s.op, s.msg = 0, s.msg[:0]
 		}
 	case 0x8: // close
@@ -381,29 +381,26 @@ func (p *poller) frame(s *polled, b0 byte, payload []byte, arrived int64) bool {
 	return true
 }
 
-// message hands a whole message to the Conn.
-func (p *poller) message(s *polled, data []byte, arrived int64) {
-	c := s.c
-	if c.handleText(data, arrived) && c.linger > 0 {
-		// Answer the close (and whatever follows) only after the linger,
-		// as a read loop parked for it would.
-		s.c.lingerUntil = time.Now().Add(c.linger)
-	}
-}
-
-// closed answers the server's close frame with closeReply's code, then
-// the connection is closed and the end reported with the server's code. A
-// socket lingering after token_expired answers when its linger is over.
-// Either way the answer is written off the poller's goroutine.
+// closed answers the server's close frame with closeReply's code, and
+// reports the end with the server's. A socket lingering after
+// token_expired answers when its linger is over, as a read loop parked
+// for it would.
 func (p *poller) closed(s *polled, payload []byte) {
 	code, reply := closeReply(payload)
-	c := s.c
+	p.end(s, reply, code, s.c.lingerLeft())
+}
+
+// end stops reading s and, off the poller's goroutine after wait, writes
+// a close frame of reply, which closes the connection, and reports the
+// end with code.
+func (p *poller) end(s *polled, reply, code uint16, wait time.Duration) {
 	p.forget(s)
+	c := s.c
 	answer := func() {
 		_ = c.ws.WriteClose(reply, nil)
 		c.ended(code, time.Now())
 	}
-	if wait := time.Until(c.lingerUntil); wait > 0 {
+	if wait > 0 {
 		time.AfterFunc(wait, answer)
 		return
 	}
@@ -432,14 +429,9 @@ func closeReply(payload []byte) (code, reply uint16) {
 	return code, 1000
 }
 
-// fail ends a socket that broke the protocol: a close frame of code,
-// written off the poller's goroutine, and the end reported.
+// fail ends a socket that broke the protocol with a close frame of code;
+// the end is reported with none (the server sent none).
 func (p *poller) fail(s *polled, code uint16) bool {
-	p.forget(s)
-	c := s.c
-	go func() {
-		_ = c.ws.WriteClose(code, nil)
-		c.ended(0, time.Now())
-	}()
+	p.end(s, code, 0, 0)
 	return false
 }
