@@ -84,14 +84,15 @@ func TestLeewayMovesTheClose(t *testing.T) {
 	}
 }
 
-// A burst of expiries larger than the wheel fires between yields, whose
-// clients answer the close at once: their teardowns wait for the burst's
-// end (Session.resume, Wheel.AfterBurst), and none is lost on the way:
-// every socket is told 4001, never early, and torn down.
+// A burst of expiries larger than the wheel fires between yields, and
+// large enough to be shared among goroutines where there are several
+// processors, whose clients answer the close at once: their teardowns
+// wait for the burst's end (Session.resume, Wheel.AfterBurst), and none is
+// lost on the way: every socket is told 4001, never early, and torn down.
 func TestExpiryBurstWithAnsweringClients(t *testing.T) {
 	e := newEnv(t, broker.Options{})
-	const n = 300
-	exp := time.Now().Truncate(time.Second).Add(6 * time.Second) // time to dial them all under -race
+	const n = 600
+	exp := time.Now().Truncate(time.Second).Add(8 * time.Second) // time to dial them all under -race
 	c := claims("burst", time.Minute)
 	c.ExpiresAt = jwt.NewNumericDate(exp)
 	tok := sign(t, c)

@@ -286,7 +286,8 @@ func (s *Session) schedule(exp time.Time) {
 // expired reports whether the socket's close time has come.
 func (s *Session) expired(now time.Time) bool { return now.UnixNano() >= s.closeAt.Load() }
 
-// onExpire runs on the wheel's goroutine. It never waits for the socket:
+// onExpire runs on the wheel's goroutine (or one the wheel shares a burst
+// with, beside other sockets' onExpire). It never waits for the socket:
 // the close frames go out in one non-blocking write (outbox.closeNow).
 // After a close frame it is the close grace's end instead (awaitClose):
 // the read deadline becomes now, and the read loop ends the connection as
@@ -314,7 +315,8 @@ func (s *Session) onExpire() {
 	s.close(CloseTokenExpired, true, s.broker.expiredFrame)
 }
 
-// onWarn runs on the wheel's goroutine; send never waits for the socket.
+// onWarn runs on the wheel's goroutine (or one the wheel shares a burst
+// with); send never waits for the socket.
 func (s *Session) onWarn() {
 	left := time.Until(time.Unix(0, s.closeAt.Load()))
 	if left > s.broker.opts.ExpiryWarning+time.Second {

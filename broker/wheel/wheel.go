@@ -1,6 +1,7 @@
-// Package wheel is a hashed timing wheel: one goroutine fires any number of
-// timers, scheduling and cancelling are O(1), and no timer ever fires before
-// its time.
+// Package wheel is a hashed timing wheel: one goroutine keeps any number of
+// timers (and shares a large burst of them among GOMAXPROCS goroutines),
+// scheduling and cancelling are O(1), and no timer ever fires before its
+// time.
 //
 // chatd keeps two timers per socket (the expiry warning and the close), so
 // at tens of thousands of sockets a runtime timer each would cost memory and
@@ -23,7 +24,9 @@ type Timer struct {
 }
 
 // NewTimer returns an unscheduled timer that calls fire when it expires.
-// fire runs on the wheel's goroutine: it must be quick and must not block.
+// fire runs on the wheel's goroutine, or in a large burst on one of the
+// goroutines the wheel shares the burst with, so different timers' fires
+// may run at once. It must be quick and must not block.
 func NewTimer(fire func()) *Timer { return &Timer{fire: fire} }
 
 // Wheel fires timers at tick granularity: a timer for t fires on the first
@@ -184,15 +187,7 @@ func (w *Wheel) run() {
 			w.bursting = true
 			w.mu.Unlock()
 		}
-		for i, t := range due {
-			t.fire()
-			due[i] = nil // let fired timers' owners be collected
-			// Thousands of timers can fall due in one tick (tokens minted
-			// in the same second). Let other goroutines, the ones carrying
-			// everybody else's traffic, in between batches rather than
-			// after the whole burst.
-			yieldBetweenBatches(i, len(due))
-		}
+		fire(due)
 		if burst {
 			w.endBurst()
 		}
@@ -202,6 +197,43 @@ func (w *Wheel) run() {
 		next := w.start.Add(time.Duration(w.wakeAt) * w.tick)
 		w.mu.Unlock()
 		sleep.Reset(max(0, time.Until(next)))
+	}
+}
+
+// perGoroutine is the fewest due timers worth a goroutine of their own:
+// about 2.5 ms of closing sockets, against microseconds to start it.
+const perGoroutine = 256
+
+// fire runs the due timers. Thousands can fall due in one tick (tokens
+// minted in the same second), and each costs a socket's close: some
+// microseconds, most of them the kernel's. One goroutine would close them
+// one after another on one processor; so a burst is split among up to
+// GOMAXPROCS goroutines, the wheel's own among them, and the wheel goes
+// on when all are done.
+func fire(due []*Timer) {
+	parts := min(runtime.GOMAXPROCS(0), len(due)/perGoroutine)
+	if parts <= 1 {
+		fireInTurn(due)
+		return
+	}
+	var wg sync.WaitGroup
+	size := (len(due) + parts - 1) / parts
+	for start := size; start < len(due); start += size {
+		part := due[start:min(start+size, len(due))]
+		wg.Go(func() { fireInTurn(part) })
+	}
+	fireInTurn(due[:size])
+	wg.Wait()
+}
+
+// fireInTurn runs the timers one after another, letting other goroutines
+// (the ones carrying everybody else's traffic) in between batches rather
+// than after the whole burst.
+func fireInTurn(due []*Timer) {
+	for i, t := range due {
+		t.fire()
+		due[i] = nil // let fired timers' owners be collected
+		yieldBetweenBatches(i, len(due))
 	}
 }
 
@@ -239,7 +271,7 @@ func (w *Wheel) endBurst() {
 }
 
 // yieldBetweenBatches yields the processor after every yieldEvery-th of n
-// items run in turn on the wheel's goroutine, except after the last.
+// items run in turn on one goroutine, except after the last.
 func yieldBetweenBatches(i, n int) {
 	if i%yieldEvery == yieldEvery-1 && i < n-1 {
 		runtime.Gosched()

@@ -2,6 +2,7 @@ package wheel
 
 import (
 	"math/rand/v2"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -217,5 +218,50 @@ func TestAfterBurst(t *testing.T) {
 	w.Schedule(NewTimer(func() { small <- w.AfterBurst(func() {}) }), time.Now())
 	if <-small {
 		t.Error("a single timer made the wheel a burst")
+	}
+}
+
+// A burst too large for one processor is shared: the first timer of the
+// burst waits for the last one to have fired, which only a second
+// goroutine can do meanwhile.
+func TestBurstIsShared(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(2))
+	w := New(time.Millisecond, 0)
+	defer w.Stop()
+
+	const n = 4 * perGoroutine
+	at := time.Now().Add(100 * time.Millisecond) // all in one tick
+	lastFired := make(chan struct{})
+	var fired, deferred atomic.Int32
+	done := make(chan struct{})
+	for i := range n {
+		w.Schedule(NewTimer(func() {
+			switch i {
+			case 0:
+				select {
+				case <-lastFired:
+				case <-time.After(10 * time.Second):
+					t.Error("the burst's last timer did not fire while its first one ran")
+				}
+			case n - 1:
+				close(lastFired)
+			}
+			fired.Add(1)
+			if !w.AfterBurst(func() {
+				if got := fired.Load(); got != n {
+					t.Errorf("a deferred func ran after %d of the burst's %d timers", got, n)
+				}
+				if deferred.Add(1) == n {
+					close(done)
+				}
+			}) {
+				t.Errorf("timer %d: no burst while firing %d timers due at once", i, n)
+			}
+		}), at)
+	}
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("%d of %d timers fired, %d deferred funcs ran", fired.Load(), n, deferred.Load())
 	}
 }
