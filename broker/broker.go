@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -114,8 +115,15 @@ type Broker struct {
 	msgBase  string
 
 	// Frames every socket may get, encoded once.
-	closeFrames  map[uint16][]byte
+	closings     map[uint16]closing
 	expiredFrame []byte
+}
+
+// closing is what the server sends and counts for one close code, made
+// once: an expiry burst closes thousands of sockets with the same code.
+type closing struct {
+	frame []byte             // the close frame
+	count prometheus.Counter // chatd_server_closes_total{code}
 }
 
 // New returns a Broker; call Close (or Shutdown) to stop its goroutines.
@@ -133,9 +141,12 @@ func New(opts Options) *Broker {
 		msgBase:  newID()[:8],
 	}
 	b.metrics = newMetrics(opts.Metrics, b.parker.len)
-	b.closeFrames = make(map[uint16][]byte)
+	b.closings = make(map[uint16]closing)
 	for code, reason := range closeReasons() {
-		b.closeFrames[code] = closeFrame(code, reason)
+		b.closings[code] = closing{
+			frame: closeFrame(code, reason),
+			count: b.metrics.closes.WithLabelValues(strconv.Itoa(int(code))),
+		}
 	}
 	b.expiredFrame = textFrame(errorFrame{Type: "error", Code: CodeTokenExpired, Message: ExpiredMessage})
 	b.upgrader = gws.NewUpgrader(b, b.serverOption(nil))

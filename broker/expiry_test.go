@@ -6,6 +6,7 @@ import (
 
 	"github.com/chatd/chatd/broker"
 	"github.com/golang-jwt/jwt/v5"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // expiringToken returns a token for name whose exp is the next whole second
@@ -18,7 +19,8 @@ func expiringToken(t testing.TB, name string, d time.Duration) (string, time.Tim
 }
 
 func TestIdleSocketsCloseAtExpiry(t *testing.T) {
-	e := newEnv(t, broker.Options{})
+	reg := prometheus.NewRegistry()
+	e := newEnv(t, broker.Options{Metrics: reg})
 	const n = 20
 	type sock struct {
 		c   *client
@@ -56,6 +58,32 @@ func TestIdleSocketsCloseAtExpiry(t *testing.T) {
 			t.Errorf("closed %v after exp, want within 100ms", late)
 		}
 	}
+	if got := closesCounted(t, reg, "4001"); got != n {
+		t.Errorf("chatd_server_closes_total{code=\"4001\"} = %v, want %d", got, n)
+	}
+}
+
+// closesCounted reads chatd_server_closes_total{code} from reg.
+func closesCounted(t *testing.T, reg *prometheus.Registry, code string) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != "chatd_server_closes_total" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "code" && l.GetValue() == code {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	t.Fatalf("no chatd_server_closes_total{code=%q}", code)
+	return 0
 }
 
 func TestExpiringWarning(t *testing.T) {

@@ -5,7 +5,6 @@ import (
 	"encoding/hex"
 	"net"
 	"slices"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -176,8 +175,9 @@ func (s *Session) close(code uint16, drop bool, last []byte) bool {
 		return false // already gone (a timer that fired as it closed), or closing
 	}
 	b := s.broker
-	b.metrics.closes.WithLabelValues(strconv.Itoa(int(code))).Inc()
-	bye := b.closeFrames[code]
+	c := b.closings[code]
+	c.count.Inc()
+	bye := c.frame
 	frames := [][]byte{bye}
 	if last != nil {
 		frames = [][]byte{last, bye}
