@@ -1,6 +1,7 @@
 package broker_test
 
 import (
+	"runtime"
 	"testing"
 	"time"
 
@@ -118,6 +119,7 @@ func TestLeewayMovesTheClose(t *testing.T) {
 // wait for the burst's end (Session.resume, Wheel.AfterBurst), and none is
 // lost on the way: every socket is told 4001, never early, and torn down.
 func TestExpiryBurstWithAnsweringClients(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(2)) // shared, even on one CPU
 	e := newEnv(t, broker.Options{})
 	const n = 600
 	exp := time.Now().Truncate(time.Second).Add(8 * time.Second) // time to dial them all under -race

@@ -252,9 +252,9 @@ func (o *outbox) closeAfter(closeFn func(), frames ...[]byte) {
 // with no write in flight (the usual case: an idle socket whose token
 // expired) the frames are written at once on the calling goroutine, which
 // never waits for the socket: an expiry burst then tells thousands of
-// sockets one after another at the cost of one write each, with no
-// goroutine started per socket. Whatever the kernel does not take goes to
-// a flusher.
+// sockets one after another (on each of the goroutines the wheel shares
+// it among) at the cost of one write each, with no goroutine started per
+// socket. Whatever the kernel does not take goes to a flusher.
 func (o *outbox) closeNow(closeFn func(), frames ...[]byte) {
 	o.mu.Lock()
 	if o.dead || o.closing != nil {
