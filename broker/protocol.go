@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
+	"reflect"
 	"strconv"
 )
 
@@ -242,4 +243,18 @@ func validClientID(id json.RawMessage) bool {
 	}
 	c := id[0]
 	return c == '"' || c == '-' || (c >= '0' && c <= '9')
+}
+
+// wrongType says which field of a request had a value of the wrong type.
+func wrongType(e *json.UnmarshalTypeError) string {
+	want := e.Type.String()
+	switch e.Type.Kind() {
+	case reflect.String:
+		want = "a string"
+	case reflect.Int, reflect.Int64:
+		want = "an integer"
+	case reflect.Uint64:
+		want = "an integer of 0 or more"
+	}
+	return e.Field + " must be " + want + ", not " + e.Value
 }

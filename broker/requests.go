@@ -30,7 +30,16 @@ func (s *Session) handle(data []byte, now time.Time) {
 		return
 	}
 	var req request
-	if err := json.Unmarshal(data, &req); err != nil || len(trimmed) == 0 {
+	err := json.Unmarshal(data, &req)
+	if wrong, ok := errors.AsType[*json.UnmarshalTypeError](err); ok && validClientID(req.ID) {
+		// A JSON object with a field of the wrong type: encoding/json has
+		// still read the rest, so the error can carry the request's id.
+		if s.allow(now, req.ID) {
+			s.sendError(CodeBadRequest, wrongType(wrong), req.ID)
+		}
+		return
+	}
+	if err != nil || len(trimmed) == 0 {
 		if s.allow(now, nil) {
 			s.sendError(CodeBadRequest, "a frame must be a JSON object with a type", nil)
 		}

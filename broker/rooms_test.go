@@ -129,6 +129,33 @@ func TestErrorsKeepTheSocketOpen(t *testing.T) {
 	}
 }
 
+// A request whose fields have the wrong types is a bad_request that still
+// carries the request's id, so a client can tell which request failed.
+func TestWrongTypesKeepTheID(t *testing.T) {
+	e := newEnv(t, broker.Options{})
+	c := e.dial(e.token("alice"))
+	for i, frame := range []string{
+		`{"type":"send","room":"general","text":5,"id":"%d"}`,
+		`{"type":"history","room":"general","limit":2.5,"id":"%d"}`,
+		`{"type":"join","room":"lobby","since":"3","id":"%d"}`,
+		`{"type":"history","room":"general","before":-5,"id":"%d"}`,
+		`{"type":"send","room":7,"text":"x","id":"%d"}`,
+		`{"type":"refresh","token":7,"id":"%d"}`,
+		`{"type":["send"],"id":%d}`,
+	} {
+		frame = fmt.Sprintf(frame, i)
+		if err := c.conn.WriteString(frame); err != nil {
+			t.Fatal(err)
+		}
+		f := c.expect("error")
+		if f.str("code") != "bad_request" || f.str("message") == "" || fmt.Sprint(f["id"]) != fmt.Sprint(i) {
+			t.Errorf("%s: got %v, want bad_request with id %d", frame, f, i)
+		}
+	}
+	c.send(map[string]any{"type": "send", "room": "general", "text": "still here"})
+	c.expect("message")
+}
+
 func TestHistoryPages(t *testing.T) {
 	e := newEnv(t, broker.Options{RateLimit: 10000})
 	c := e.dial(e.token("alice"))
