@@ -44,8 +44,8 @@ type Service struct {
 	tokens   *Tokens
 	revoked  *Revocations
 	cfg      ServiceConfig
-	failures *keyedLimiter // failed logins per username
-	perIP    *keyedLimiter // requests per client address
+	failures *failureWindow // failed logins per username, over the last minute
+	perIP    *keyedLimiter  // requests per client address
 }
 
 // NewService returns the HTTP handlers over users, tokens and revoked.
@@ -71,7 +71,7 @@ func NewService(users *Users, tokens *Tokens, revoked *Revocations, cfg ServiceC
 		tokens:   tokens,
 		revoked:  revoked,
 		cfg:      cfg,
-		failures: newKeyedLimiter(rate.Every(time.Minute/time.Duration(cfg.LoginFailures)), cfg.LoginFailures),
+		failures: newFailureWindow(cfg.LoginFailures, time.Minute),
 		perIP:    newKeyedLimiter(ipLimit, cfg.Burst),
 	}
 }
@@ -145,17 +145,17 @@ func (s *Service) handleAuth(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, http.StatusBadRequest, "bad_request", "username and password are required")
 		return
 	}
-	// Every attempt takes a failure token before the password is checked
+	// Every attempt counts as a failure before the password is checked
 	// (checking first would let concurrent guesses all through), and a
-	// success gives it back. Names that cannot exist share one bucket, so
+	// success takes it back. Names that cannot exist share one key, so
 	// junk names cannot grow the limiter or reach the log.
 	now := s.cfg.Now()
 	key := creds.Username
 	if !ValidUsername(key) {
 		key = "\x00invalid"
 	}
-	attempt, wait := s.failures.reserve(key, now)
-	if attempt == nil {
+	succeeded, wait := s.failures.reserve(key, now)
+	if succeeded == nil {
 		writeRetry(w, wait, "too many failed logins for this user; try again later")
 		return
 	}
@@ -165,7 +165,7 @@ func (s *Service) handleAuth(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, http.StatusUnauthorized, "invalid_credentials", "wrong username or password")
 		return
 	}
-	attempt.CancelAt(now)
+	succeeded()
 	if err != nil {
 		s.cfg.Log.Error().Err(err).Msg("login")
 		WriteError(w, http.StatusInternalServerError, "internal", "could not log in")

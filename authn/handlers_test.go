@@ -258,6 +258,35 @@ func TestLoginFailuresAreRateLimited(t *testing.T) {
 	f.login("alice", "password1")
 }
 
+// "10 failed logins within a minute" however they are spaced: failures 5 s
+// apart are refused from the 11th attempt until the first leaves the
+// minute.
+func TestLoginFailuresOverAMinute(t *testing.T) {
+	f := newFixture(t, authn.ServiceConfig{OpenRegistration: true, RequestsPerSecond: -1}, authn.TokenConfig{})
+	f.register("alice", "password1")
+	for i := range 10 {
+		if r := f.do("POST", "/auth", jsonType, creds("alice", "nope-nope")); r.status != 401 {
+			t.Fatalf("failure %d: %d", i+1, r.status)
+		}
+		f.now.Add(5 * time.Second)
+	}
+	// 50 s after the first failure: the first leaves the minute in 10 s.
+	r := f.do("POST", "/auth", jsonType, creds("alice", "password1"))
+	if r.status != 429 || r.code() != "rate_limited" || r.header.Get("Retry-After") != "10" {
+		t.Fatalf("11th attempt within a minute: %d %v Retry-After %q, want 429 and 10", r.status, r.body, r.header.Get("Retry-After"))
+	}
+	f.now.Add(10*time.Second + time.Millisecond)
+	f.login("alice", "password1")
+	// A success is not a failure: nine failures, a success, and one more
+	// failure leave alice with ten, the last still answered 401.
+	if r := f.do("POST", "/auth", jsonType, creds("alice", "nope-nope")); r.status != 401 {
+		t.Fatalf("failure after a success: %d", r.status)
+	}
+	if r := f.do("POST", "/auth", jsonType, creds("alice", "password1")); r.status != 429 {
+		t.Fatalf("after ten failures within the minute: %d, want 429", r.status)
+	}
+}
+
 func TestPerIPLimit(t *testing.T) {
 	f := newFixture(t, authn.ServiceConfig{OpenRegistration: true, RequestsPerSecond: 1, Burst: 3}, authn.TokenConfig{})
 	for range 3 {
