@@ -128,6 +128,9 @@ func TestHandlerUnknownPathIs404JSON(t *testing.T) {
 	srv := newServer(t)
 	for _, path := range []string{"/nope", "/app.js/", "/assets.go", "/favicon.ico", "/../go.mod"} {
 		t.Run(path, func(t *testing.T) {
+			if resp, _ := do(t, http.MethodPost, srv.URL+path, nil); resp.StatusCode != http.StatusNotFound {
+				t.Fatalf("POST: status = %d, want 404 (not 405: there is no such path)", resp.StatusCode)
+			}
 			resp, body := do(t, http.MethodGet, srv.URL+path, nil)
 			if resp.StatusCode != http.StatusNotFound {
 				t.Fatalf("status = %d, want 404", resp.StatusCode)

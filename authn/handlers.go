@@ -219,6 +219,9 @@ func (s *Service) bearerPost(w http.ResponseWriter, r *http.Request) (*Claims, b
 		WriteMethodNotAllowed(w, http.MethodPost)
 		return nil, false
 	}
+	if !ignoreBody(w, r) {
+		return nil, false
+	}
 	claims, err := s.tokens.Verify(BearerToken(r.Header.Get("Authorization")))
 	if err != nil {
 		WriteTokenError(w, err)
@@ -275,23 +278,56 @@ func writeRetry(w http.ResponseWriter, wait time.Duration, message string) {
 	WriteError(w, http.StatusTooManyRequests, "rate_limited", message)
 }
 
-// readCredentials decodes a JSON or form body, answering 413, 415 or 400
-// itself when it cannot.
-func readCredentials(w http.ResponseWriter, r *http.Request) (credentials, bool) {
-	var creds credentials
+// bodyType returns r's media type if it is one a POST body may have
+// (JSON or a form); otherwise it answers 415 itself.
+func bodyType(w http.ResponseWriter, r *http.Request) (string, bool) {
 	mediaType, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	if err != nil || (mediaType != "application/json" && mediaType != "application/x-www-form-urlencoded") {
 		WriteError(w, http.StatusUnsupportedMediaType, "unsupported_media_type", "send application/json or application/x-www-form-urlencoded")
-		return creds, false
+		return "", false
 	}
+	return mediaType, true
+}
+
+// readBody reads r's body up to MaxBodyBytes, answering 413 (or 400) itself
+// when it cannot.
+func readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
 	if err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
+		if _, tooBig := errors.AsType[*http.MaxBytesError](err); tooBig {
 			WriteError(w, http.StatusRequestEntityTooLarge, "too_large", "the body is over 8 KiB")
 		} else {
 			WriteError(w, http.StatusBadRequest, "bad_request", "could not read the body")
 		}
+		return nil, false
+	}
+	return body, true
+}
+
+// ignoreBody reads the body of a POST that takes none (refresh and logout
+// read only the Authorization header) and holds it to every POST's rules:
+// 413 over 8 KiB, 415 when it is not empty and neither JSON nor a form.
+func ignoreBody(w http.ResponseWriter, r *http.Request) bool {
+	body, ok := readBody(w, r)
+	if !ok {
+		return false
+	}
+	if len(body) > 0 {
+		_, ok = bodyType(w, r)
+	}
+	return ok
+}
+
+// readCredentials decodes a JSON or form body, answering 413, 415 or 400
+// itself when it cannot.
+func readCredentials(w http.ResponseWriter, r *http.Request) (credentials, bool) {
+	var creds credentials
+	mediaType, ok := bodyType(w, r)
+	if !ok {
+		return creds, false
+	}
+	body, ok := readBody(w, r)
+	if !ok {
 		return creds, false
 	}
 	if mediaType == "application/json" {

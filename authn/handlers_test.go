@@ -344,6 +344,37 @@ func TestRefresh(t *testing.T) {
 	}
 }
 
+// Refresh and logout read no body, but a body they are sent is held to
+// every POST's rules: 413 over 8 KiB, 415 when neither JSON nor a form.
+func TestBearerPostsCheckTheirBody(t *testing.T) {
+	f := newFixture(t, authn.ServiceConfig{OpenRegistration: true, RequestsPerSecond: -1}, authn.TokenConfig{})
+	f.register("alice", "password1")
+	tok := f.login("alice", "password1")
+	for _, path := range []string{"/auth/refresh", "/auth/logout"} {
+		for _, tc := range []struct {
+			name, ctype, body string
+			status            int
+			code              string
+		}{
+			{"too large", jsonType, `{"pad":"` + strings.Repeat("p", 9000) + `"}`, 413, "too_large"},
+			{"text/plain", "text/plain", "hello", 415, "unsupported_media_type"},
+			{"no content type", "", "hello", 415, "unsupported_media_type"},
+		} {
+			r := f.do("POST", path, tc.ctype, tc.body, "Authorization", "Bearer "+tok)
+			if r.status != tc.status || r.code() != tc.code {
+				t.Errorf("%s, %s: got %d %v, want %d %s", path, tc.name, r.status, r.body, tc.status, tc.code)
+			}
+		}
+	}
+	// An empty body, or a small JSON one, is fine: the token still works.
+	if r := f.do("POST", "/auth/refresh", "", "", "Authorization", "Bearer "+tok); r.status != 200 {
+		t.Fatalf("refresh, no body: %d %v", r.status, r.body)
+	}
+	if r := f.do("POST", "/auth/logout", jsonType, "{}", "Authorization", "Bearer "+tok); r.status != 204 {
+		t.Fatalf("logout, {}: %d %v", r.status, r.body)
+	}
+}
+
 func TestRefreshPastSessionMax(t *testing.T) {
 	// With leeway a token may still verify after its session ended; the
 	// refresh must then say session_expired.

@@ -94,17 +94,17 @@ func newApp(cfg Config, log zerolog.Logger) (a *app, err error) {
 	mux := http.NewServeMux()
 	auth.Register(mux)
 	mux.Handle("/ws", b)
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+	mux.Handle("/healthz", readOnly(func(w http.ResponseWriter, r *http.Request) {
 		writeStatus(w, http.StatusOK, "ok")
-	})
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+	}))
+	mux.Handle("/readyz", readOnly(func(w http.ResponseWriter, r *http.Request) {
 		if b.Draining() {
 			writeStatus(w, http.StatusServiceUnavailable, "draining")
 			return
 		}
 		writeStatus(w, http.StatusOK, "ready")
-	})
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{EnableOpenMetrics: true}))
+	}))
+	mux.Handle("/metrics", readOnly(promhttp.HandlerFor(reg, promhttp.HandlerOpts{EnableOpenMetrics: true}).ServeHTTP))
 	mux.Handle("/", assets.Handler())
 
 	return &app{
@@ -129,4 +129,15 @@ func (a *app) close() error {
 		return fmt.Errorf("close store: %w", derr)
 	}
 	return nil
+}
+
+// readOnly serves GET and HEAD with h, and answers any other method 405.
+func readOnly(h http.HandlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			authn.WriteMethodNotAllowed(w, "GET, HEAD")
+			return
+		}
+		h(w, r)
+	})
 }

@@ -105,6 +105,12 @@ func TestRoutes(t *testing.T) {
 		{"DELETE", "/register", 405, "method_not_allowed"},
 		{"POST", "/ws", 405, "method_not_allowed"},
 		{"GET", "/ws", 401, "missing_token"},
+		{"POST", "/healthz", 405, "method_not_allowed"},
+		{"PUT", "/readyz", 405, "method_not_allowed"},
+		{"POST", "/metrics", 405, "method_not_allowed"},
+		{"HEAD", "/healthz", 200, ""},
+		{"POST", "/no-such-page", 404, "not_found"},
+		{"DELETE", "/auth/nope", 404, "not_found"},
 	}
 	for _, tc := range cases {
 		req, _ := http.NewRequest(tc.method, srv.URL+tc.path, nil)
