@@ -127,7 +127,10 @@ func serve(cfg Config, log zerolog.Logger) error {
 		a.close()
 		return fmt.Errorf("listen on %s: %w", cfg.Addr, err)
 	}
-	log.Info().Str("component", "main").Str("addr", ln.Addr().String()).Str("data_dir", cfg.DataDir).
+	// Written at every --log-level: with --addr 127.0.0.1:0 this line is
+	// the only way to learn the address (PROTOCOL.md).
+	always := log.Level(min(log.GetLevel(), zerolog.InfoLevel))
+	always.Info().Str("component", "main").Str("addr", ln.Addr().String()).Str("data_dir", cfg.DataDir).
 		Str("history", cfg.History).Msg("chatd listening")
 
 	served := make(chan error, 1)

@@ -489,6 +489,21 @@ func TestShortSecretRefused(t *testing.T) {
 	q.stop()
 }
 
+// TestListeningLineAtEveryLevel: with --addr 127.0.0.1:0 the listening
+// line is the only way to learn the address, so it is written whatever
+// --log-level says (startChatd reads addr from it).
+func TestListeningLineAtEveryLevel(t *testing.T) {
+	for _, level := range []string{"warn", "error"} {
+		p := startChatd(t, t.TempDir(), "--log-level", level)
+		resp, err := http.Get(p.url("/healthz"))
+		if err != nil {
+			t.Fatalf("--log-level %s: %v", level, err)
+		}
+		resp.Body.Close()
+		p.stop()
+	}
+}
+
 // TestEnvParseErrorIsReported: a CHATD_ variable that does not parse is
 // explained, and a flag given for it wins.
 func TestEnvParseErrorIsReported(t *testing.T) {
