@@ -388,6 +388,29 @@ func TestRefreshPastSessionMax(t *testing.T) {
 	}
 }
 
+// --session-max bounds refreshes, not the login's own token: with a TTL
+// longer than the session, that token outlives it, and a refresh with it
+// after the session's end is session_expired (no leeway needed).
+func TestLoginTokenOutlivesAShortSession(t *testing.T) {
+	f := newFixture(t, authn.ServiceConfig{OpenRegistration: true, RequestsPerSecond: -1},
+		authn.TokenConfig{TTL: time.Hour, SessionMax: 10 * time.Minute})
+	f.register("alice", "password1")
+	r := f.do("POST", "/auth", jsonType, creds("alice", "password1"))
+	if r.status != 200 || r.body["expires_in"].(float64) != 3600 {
+		t.Fatalf("login: %d %v, want a token for the full hour", r.status, r.body)
+	}
+	tok := r.body["token"].(string)
+	f.now.Add(5 * time.Minute)
+	r = f.do("POST", "/auth/refresh", "", "", "Authorization", "Bearer "+tok)
+	if r.status != 200 || r.body["expires_in"].(float64) != 300 {
+		t.Fatalf("refresh 5 min in: %d %v, want a token to the session's end, 300 s away", r.status, r.body)
+	}
+	f.now.Add(5 * time.Minute)
+	if r := f.do("POST", "/auth/refresh", "", "", "Authorization", "Bearer "+tok); r.status != 401 || r.code() != "session_expired" {
+		t.Fatalf("refresh at the session's end: %d %v, want 401 session_expired", r.status, r.body)
+	}
+}
+
 func TestLogoutRevokes(t *testing.T) {
 	f := newFixture(t, authn.ServiceConfig{OpenRegistration: true, RequestsPerSecond: -1}, authn.TokenConfig{})
 	f.register("alice", "password1")

@@ -119,7 +119,10 @@ type Issued struct {
 // Issue signs a token for a new login of user.
 func (t *Tokens) Issue(user *User) (*Issued, error) {
 	now := t.cfg.Now()
-	return t.sign(user.ID, user.Name, randomID(), now.Unix(), nil, now)
+	// The login's own token lives its full TTL: SessionMax bounds how far
+	// refreshes extend a login, so a TTL longer than SessionMax leaves a
+	// token that refresh answers with session_expired.
+	return t.sign(user.ID, user.Name, randomID(), now.Unix(), nil, now, now.Add(t.cfg.TTL))
 }
 
 // Refresh signs a new token for the login that old belongs to. The new
@@ -127,13 +130,9 @@ func (t *Tokens) Issue(user *User) (*Issued, error) {
 // fails with ErrSessionExpired.
 func (t *Tokens) Refresh(old *Claims) (*Issued, error) {
 	now := t.cfg.Now()
-	return t.sign(old.Subject, old.Name, old.SessionID, old.AuthTime, old.Rooms, now)
-}
-
-func (t *Tokens) sign(sub, name, sid string, authTime int64, rooms []string, now time.Time) (*Issued, error) {
 	exp := now.Add(t.cfg.TTL)
-	if authTime != 0 {
-		end := time.Unix(authTime, 0).Add(t.cfg.SessionMax)
+	if old.AuthTime != 0 {
+		end := time.Unix(old.AuthTime, 0).Add(t.cfg.SessionMax)
 		if !now.Before(end) {
 			return nil, ErrSessionExpired
 		}
@@ -141,6 +140,10 @@ func (t *Tokens) sign(sub, name, sid string, authTime int64, rooms []string, now
 			exp = end
 		}
 	}
+	return t.sign(old.Subject, old.Name, old.SessionID, old.AuthTime, old.Rooms, now, exp)
+}
+
+func (t *Tokens) sign(sub, name, sid string, authTime int64, rooms []string, now, exp time.Time) (*Issued, error) {
 	c := &Claims{
 		RegisteredClaims: jwt.RegisteredClaims{
 			Issuer:    t.cfg.Issuer,
