@@ -45,7 +45,7 @@ type Service struct {
 	revoked  *Revocations
 	cfg      ServiceConfig
 	failures *failureWindow // failed logins per username, over the last minute
-	perIP    *keyedLimiter  // requests per client address
+	perIP    *KeyedLimiter  // requests per client address
 }
 
 // NewService returns the HTTP handlers over users, tokens and revoked.
@@ -72,7 +72,7 @@ func NewService(users *Users, tokens *Tokens, revoked *Revocations, cfg ServiceC
 		revoked:  revoked,
 		cfg:      cfg,
 		failures: newFailureWindow(cfg.LoginFailures, time.Minute),
-		perIP:    newKeyedLimiter(ipLimit, cfg.Burst),
+		perIP:    NewKeyedLimiter(ipLimit, cfg.Burst),
 	}
 }
 
@@ -156,12 +156,12 @@ func (s *Service) handleAuth(w http.ResponseWriter, r *http.Request) {
 	}
 	succeeded, wait := s.failures.reserve(key, now)
 	if succeeded == nil {
-		writeRetry(w, wait, "too many failed logins for this user; try again later")
+		WriteRetry(w, wait, "too many failed logins for this user; try again later")
 		return
 	}
 	user, err := s.users.Check(creds.Username, creds.Password)
 	if errors.Is(err, ErrInvalidCredentials) {
-		s.cfg.Log.Info().Str("user", key).Str("ip", clientIP(r)).Msg("failed login")
+		s.cfg.Log.Info().Str("user", key).Str("ip", ClientIP(r)).Msg("failed login")
 		WriteError(w, http.StatusUnauthorized, "invalid_credentials", "wrong username or password")
 		return
 	}
@@ -241,9 +241,9 @@ func (s *Service) writeToken(w http.ResponseWriter, issued *Issued) {
 }
 
 func (s *Service) allowIP(w http.ResponseWriter, r *http.Request) bool {
-	ok, wait := s.perIP.allow(clientIP(r), s.cfg.Now())
+	ok, wait := s.perIP.Allow(ClientIP(r), s.cfg.Now())
 	if !ok {
-		writeRetry(w, wait, "too many requests; slow down")
+		WriteRetry(w, wait, "too many requests; slow down")
 	}
 	return ok
 }
@@ -272,7 +272,9 @@ func tokenMessage(err error) string {
 	}
 }
 
-func writeRetry(w http.ResponseWriter, wait time.Duration, message string) {
+// WriteRetry answers 429 rate_limited with a Retry-After of wait, in whole
+// seconds (at least 1).
+func WriteRetry(w http.ResponseWriter, wait time.Duration, message string) {
 	secs := int((wait + time.Second - 1) / time.Second)
 	w.Header().Set("Retry-After", strconv.Itoa(max(1, secs)))
 	WriteError(w, http.StatusTooManyRequests, "rate_limited", message)
@@ -346,9 +348,9 @@ func readCredentials(w http.ResponseWriter, r *http.Request) (credentials, bool)
 	return creds, true
 }
 
-// clientIP is the peer address of r without its port. Headers such as
+// ClientIP is the peer address of r without its port. Headers such as
 // X-Forwarded-For are not trusted: anyone can set them.
-func clientIP(r *http.Request) string {
+func ClientIP(r *http.Request) string {
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
 	if err != nil {
 		return r.RemoteAddr

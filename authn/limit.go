@@ -8,9 +8,9 @@ import (
 	"golang.org/x/time/rate"
 )
 
-// keyedLimiter is a token bucket per key (a username, an IP address). Idle
-// buckets are forgotten so the map cannot grow without bound.
-type keyedLimiter struct {
+// KeyedLimiter is a token bucket per key (a client address). Idle buckets
+// are forgotten so the map cannot grow without bound.
+type KeyedLimiter struct {
 	limit rate.Limit
 	burst int
 
@@ -19,12 +19,14 @@ type keyedLimiter struct {
 	swept   time.Time
 }
 
-func newKeyedLimiter(limit rate.Limit, burst int) *keyedLimiter {
-	return &keyedLimiter{limit: limit, burst: burst, buckets: make(map[string]*rate.Limiter)}
+// NewKeyedLimiter returns a limiter of limit per second per key, burst
+// burst; rate.Inf allows everything.
+func NewKeyedLimiter(limit rate.Limit, burst int) *KeyedLimiter {
+	return &KeyedLimiter{limit: limit, burst: burst, buckets: make(map[string]*rate.Limiter)}
 }
 
 // bucket returns key's limiter, creating a full one if needed.
-func (k *keyedLimiter) bucket(key string, now time.Time) *rate.Limiter {
+func (k *KeyedLimiter) bucket(key string, now time.Time) *rate.Limiter {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if now.Sub(k.swept) > time.Minute {
@@ -44,9 +46,9 @@ func (k *keyedLimiter) bucket(key string, now time.Time) *rate.Limiter {
 	return l
 }
 
-// allow takes one token for key; when none is left it returns false and how
+// Allow takes one token for key; when none is left it returns false and how
 // long until one will be.
-func (k *keyedLimiter) allow(key string, now time.Time) (bool, time.Duration) {
+func (k *KeyedLimiter) Allow(key string, now time.Time) (bool, time.Duration) {
 	if k.limit == rate.Inf {
 		return true, 0
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/lxzan/gws"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
+	"golang.org/x/time/rate"
 )
 
 // Verifier checks tokens; authn.Tokens is one.
@@ -52,11 +53,16 @@ type Options struct {
 	// cost a frame to every member, quadratic in the room's size; `who`
 	// still answers there.
 	PresenceLimit int
-	MaxSockets    int           // open sockets before 503 overloaded; 0 = no limit
-	PingInterval  time.Duration // server pings this often; 25s
-	IdleTimeout   time.Duration // no frame from the peer for this long closes it; 60s
-	WriteTimeout  time.Duration // one write to a socket; 10s
-	WheelTick     time.Duration // expiry precision; 5ms
+	MaxSockets    int // open sockets before 503 overloaded; 0 = no limit
+	// UpgradeRate bounds /ws requests per second per client address, burst
+	// twice that; past it they are answered 429 rate_limited before the
+	// token is even verified. 0 = no limit (load tests open thousands a
+	// second from one address).
+	UpgradeRate  float64
+	PingInterval time.Duration // server pings this often; 25s
+	IdleTimeout  time.Duration // no frame from the peer for this long closes it; 60s
+	WriteTimeout time.Duration // one write to a socket; 10s
+	WheelTick    time.Duration // expiry precision; 5ms
 
 	Log     zerolog.Logger
 	Metrics prometheus.Registerer // nil: no metrics registered
@@ -105,7 +111,8 @@ type Broker struct {
 	registry *registry
 	rooms    *rooms
 	wheel    *wheel.Wheel
-	parker   *parker // holds idle sockets' read loops; nil where it cannot
+	parker   *parker             // holds idle sockets' read loops; nil where it cannot
+	upgrades *authn.KeyedLimiter // /ws requests per client address; nil: no limit
 
 	draining atomic.Bool
 	gone     chan struct{} // a socket closed; the drain re-counts
@@ -141,6 +148,9 @@ func New(opts Options) *Broker {
 		msgBase:  newID()[:8],
 	}
 	b.metrics = newMetrics(opts.Metrics, b.parker.len)
+	if opts.UpgradeRate > 0 {
+		b.upgrades = authn.NewKeyedLimiter(rate.Limit(opts.UpgradeRate), max(1, int(2*opts.UpgradeRate)))
+	}
 	b.closings = make(map[uint16]closing)
 	for code, reason := range closeReasons() {
 		b.closings[code] = closing{

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/chatd/chatd/authn"
 )
@@ -21,6 +22,13 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		authn.WriteError(w, http.StatusServiceUnavailable, "overloaded", "the server is shutting down")
 		b.metrics.handshakes.WithLabelValues("draining").Inc()
 		return
+	}
+	if b.upgrades != nil {
+		if ok, wait := b.upgrades.Allow(authn.ClientIP(r), time.Now()); !ok {
+			authn.WriteRetry(w, wait, "too many socket requests from this address; slow down")
+			b.metrics.handshakes.WithLabelValues("rate_limited").Inc()
+			return
+		}
 	}
 	if !b.checkOrigin(r) {
 		authn.WriteError(w, http.StatusForbidden, "origin_not_allowed", "this origin may not open sockets here")

@@ -206,3 +206,23 @@ func TestOverloaded(t *testing.T) {
 		t.Fatalf("error %q", code)
 	}
 }
+
+// With UpgradeRate, an address that asks for sockets faster than that is
+// answered 429 rate_limited with Retry-After, before its token is looked
+// at; the sockets it already has are untouched.
+func TestUpgradeRateLimit(t *testing.T) {
+	e := newEnv(t, broker.Options{UpgradeRate: 1}) // burst 2
+	first := e.dial(e.token("alice"))
+	e.dial(e.token("alice"))
+	for _, tok := range []string{e.token("alice"), "not-a-token"} {
+		resp := e.upgradeRequest(t, http.Header{"Authorization": {"Bearer " + tok}}, "")
+		if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" {
+			t.Fatalf("third request in a burst of 2: status %d, Retry-After %q; want 429 with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"))
+		}
+		if code := errorBody(t, resp); code != "rate_limited" {
+			t.Fatalf("error %q, want rate_limited", code)
+		}
+	}
+	first.send(map[string]any{"type": "send", "room": "general", "text": "still here"})
+	first.expect("message")
+}

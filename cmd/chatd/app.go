@@ -68,6 +68,7 @@ func newApp(cfg Config, log zerolog.Logger) (a *app, err error) {
 		AllowedOrigins:  cfg.origins(),
 		MaxMessageBytes: cfg.MaxMessageBytes,
 		RateLimit:       cfg.RateLimit,
+		UpgradeRate:     cfg.WSRateLimit,
 		SendQueueBytes:  cfg.SendQueueBytes,
 		ExpiryWarning:   cfg.ExpiryWarning,
 		Leeway:          cfg.JWTLeeway,

@@ -36,6 +36,7 @@ type Config struct {
 	MaxRooms       int
 	PresenceLimit  int
 	AuthRate       float64
+	WSRateLimit    float64
 	BcryptCost     int
 	PingInterval   time.Duration
 	IdleTimeout    time.Duration
@@ -71,6 +72,7 @@ func newFlagSet(name string, cfg *Config) *flag.FlagSet {
 	fs.IntVar(&cfg.MaxRooms, "max-rooms", 100, "rooms one socket may be in")
 	fs.IntVar(&cfg.PresenceLimit, "presence-limit", 1000, "largest room whose members get presence join/leave events")
 	fs.Float64Var(&cfg.AuthRate, "auth-rate", 20, "POST /register and /auth requests per second per client address, burst twice that (0: no limit)")
+	fs.Float64Var(&cfg.WSRateLimit, "ws-rate-limit", 0, "GET /ws requests per second per client address, burst twice that; past it 429 (0: no limit)")
 	fs.IntVar(&cfg.BcryptCost, "bcrypt-cost", 10, "bcrypt cost of new password hashes (4-31)")
 	fs.DurationVar(&cfg.PingInterval, "ping-interval", 25*time.Second, "how often the server pings each socket")
 	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", 60*time.Second, "close a socket that sends nothing (not even a pong) this long")
@@ -131,6 +133,9 @@ func (c *Config) validate() error {
 	}
 	if c.AuthRate < 0 {
 		errs = append(errs, errors.New("--auth-rate must not be negative"))
+	}
+	if c.WSRateLimit < 0 {
+		errs = append(errs, errors.New("--ws-rate-limit must not be negative"))
 	}
 	if c.BcryptCost < 4 || c.BcryptCost > 31 {
 		errs = append(errs, errors.New("--bcrypt-cost must be 4-31"))
