@@ -183,12 +183,15 @@ func (l *Listener) serveUpgrade(c net.Conn, br *bufio.Reader, limited *headerLim
 	r, err := http.ReadRequest(br)
 	limited.lift()
 	if err != nil {
-		status := "400 Bad Request"
+		// Every error body is JSON (PROTOCOL.md), even for a request that
+		// never parsed.
+		status, body := "400 Bad Request", `{"error":"bad_request","message":"the request is malformed"}`
 		if errors.Is(err, errHeaderTooLarge) {
-			status = "431 Request Header Fields Too Large"
+			status, body = "431 Request Header Fields Too Large", `{"error":"bad_request","message":"the request's headers are over 20 KiB"}`
 		}
 		_ = c.SetWriteDeadline(time.Now().Add(time.Second))
-		_, _ = c.Write([]byte("HTTP/1.1 " + status + "\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n" + status))
+		_, _ = c.Write([]byte("HTTP/1.1 " + status + "\r\nContent-Type: application/json\r\nContent-Length: " +
+			strconv.Itoa(len(body)) + "\r\nConnection: close\r\n\r\n" + body))
 		c.Close()
 		return
 	}

@@ -110,6 +110,9 @@ func TestListenerBadRequest(t *testing.T) {
 		if err != nil || resp.StatusCode != http.StatusBadRequest {
 			t.Fatalf("%q: %v %v, want 400", req, resp, err)
 		}
+		if code := errorBody(t, resp); code != "bad_request" {
+			t.Errorf("%q: error %q, want a JSON bad_request", req, code)
+		}
 		nc.Close()
 	}
 }
@@ -131,6 +134,9 @@ func TestListenerHeaderLimit(t *testing.T) {
 	resp, err := http.ReadResponse(bufio.NewReader(nc), nil)
 	if err != nil || resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
 		t.Fatalf("%v %v, want 431", resp, err)
+	}
+	if code := errorBody(t, resp); code != "bad_request" {
+		t.Errorf("error %q, want a JSON bad_request", code)
 	}
 }
 
