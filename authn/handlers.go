@@ -7,6 +7,7 @@ import (
 	"mime"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"time"
@@ -241,7 +242,7 @@ func (s *Service) writeToken(w http.ResponseWriter, issued *Issued) {
 }
 
 func (s *Service) allowIP(w http.ResponseWriter, r *http.Request) bool {
-	ok, wait := s.perIP.Allow(ClientIP(r), s.cfg.Now())
+	ok, wait := s.perIP.Allow(ClientKey(r), s.cfg.Now())
 	if !ok {
 		WriteRetry(w, wait, "too many requests; slow down")
 	}
@@ -346,6 +347,18 @@ func readCredentials(w http.ResponseWriter, r *http.Request) (credentials, bool)
 		creds.Username, creds.Password = form.Get("username"), form.Get("password")
 	}
 	return creds, true
+}
+
+// ClientKey is who r comes from, for rate limits: its IPv4 address, or
+// the /64 network of its IPv6 address (a host usually holds a whole /64,
+// and would otherwise get a bucket per address it cares to use).
+func ClientKey(r *http.Request) string {
+	ip := ClientIP(r)
+	addr, err := netip.ParseAddr(ip)
+	if err != nil || !addr.Is6() || addr.Is4In6() {
+		return ip
+	}
+	return netip.PrefixFrom(addr, 64).Masked().String()
 }
 
 // ClientIP is the peer address of r without its port. Headers such as

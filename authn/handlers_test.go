@@ -497,3 +497,21 @@ func TestConcurrentFailuresAreLimited(t *testing.T) {
 		t.Fatalf("statuses %v, want 10 checked (401) and 20 refused (429)", counts)
 	}
 }
+
+// Rate limits key an IPv6 client by its /64: one host usually holds a
+// whole /64 and could otherwise take a bucket per address.
+func TestClientKey(t *testing.T) {
+	for _, tc := range []struct{ remote, key string }{
+		{"192.0.2.7:4000", "192.0.2.7"},
+		{"[2001:db8:1:2:3:4:5:6]:4000", "2001:db8:1:2::/64"},
+		{"[2001:db8:1:2:ffff::9]:4001", "2001:db8:1:2::/64"},
+		{"[2001:db8:1:3::1]:4000", "2001:db8:1:3::/64"},
+		{"not an address", "not an address"},
+	} {
+		r := httptest.NewRequest("GET", "/ws", nil)
+		r.RemoteAddr = tc.remote
+		if got := authn.ClientKey(r); got != tc.key {
+			t.Errorf("ClientKey(%s) = %q, want %q", tc.remote, got, tc.key)
+		}
+	}
+}

@@ -23,17 +23,19 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		b.metrics.handshakes.WithLabelValues("draining").Inc()
 		return
 	}
-	if b.upgrades != nil {
-		if ok, wait := b.upgrades.Allow(authn.ClientIP(r), time.Now()); !ok {
-			authn.WriteRetry(w, wait, "too many socket requests from this address; slow down")
-			b.metrics.handshakes.WithLabelValues("rate_limited").Inc()
-			return
-		}
-	}
 	if !b.checkOrigin(r) {
 		authn.WriteError(w, http.StatusForbidden, "origin_not_allowed", "this origin may not open sockets here")
 		b.metrics.handshakes.WithLabelValues("origin_not_allowed").Inc()
 		return
+	}
+	// After the origin: a page elsewhere, in a visitor's browser, must not
+	// spend the visitor's allowance. Before the token: a flood costs no HMAC.
+	if b.upgrades != nil {
+		if ok, wait := b.upgrades.Allow(authn.ClientKey(r), time.Now()); !ok {
+			authn.WriteRetry(w, wait, "too many socket requests from this address; slow down")
+			b.metrics.handshakes.WithLabelValues("rate_limited").Inc()
+			return
+		}
 	}
 	token, offersChat := handshakeToken(r)
 	claims, err := b.opts.Verifier.Verify(token)

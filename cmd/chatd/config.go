@@ -116,8 +116,10 @@ func (c *Config) validate() error {
 	if c.JWTLeeway < 0 {
 		errs = append(errs, errors.New("--jwt-leeway must not be negative"))
 	}
-	if c.SessionMax < c.TokenTTL {
-		errs = append(errs, errors.New("--session-max must be at least --token-ttl"))
+	if c.SessionMax <= 0 {
+		// Shorter than --token-ttl is allowed: it bounds refreshes, and the
+		// login's own token still lives its TTL (README, Sessions).
+		errs = append(errs, errors.New("--session-max must be positive"))
 	}
 	if c.MaxMessageBytes < 64 {
 		errs = append(errs, errors.New("--max-message-bytes must be at least 64"))

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -502,6 +503,54 @@ func TestListeningLineAtEveryLevel(t *testing.T) {
 		resp.Body.Close()
 		p.stop()
 	}
+}
+
+// TestShortSessionMax: --session-max may be shorter than --token-ttl. It
+// bounds refreshes: once it has passed, the login's token (which lives its
+// full TTL) is refused by /auth/refresh with session_expired.
+func TestShortSessionMax(t *testing.T) {
+	p := startChatd(t, t.TempDir(), "--session-max", "1s")
+	p.register(t, "short_sam", "sam-password")
+	tok := p.login(t, "short_sam", "sam-password")
+	// The session ends at auth_time + 1 s (auth_time is whole seconds).
+	payload, err := base64.RawURLEncoding.DecodeString(strings.Split(tok, ".")[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var claims struct {
+		AuthTime int64 `json:"auth_time"`
+	}
+	if err := json.Unmarshal(payload, &claims); err != nil || claims.AuthTime == 0 {
+		t.Fatalf("token payload %s: %v", payload, err)
+	}
+	time.Sleep(time.Until(time.Unix(claims.AuthTime+1, 0))) // the clock must pass the session's end
+	status, body := postJSON(t, p.url("/auth/refresh"), nil, tok)
+	var e struct{ Error string }
+	_ = json.Unmarshal(body, &e)
+	if status != http.StatusUnauthorized || e.Error != "session_expired" {
+		t.Fatalf("refresh after --session-max: %d %s, want 401 session_expired", status, body)
+	}
+	p.stop()
+}
+
+// TestWSRateLimitFlag: --ws-rate-limit (here from its variable) reaches
+// the broker: the third /ws request in a burst of 2 gets 429 with
+// Retry-After.
+func TestWSRateLimitFlag(t *testing.T) {
+	p := startChatdEnv(t, t.TempDir(), []string{"CHATD_WS_RATE_LIMIT=1"})
+	var last *http.Response
+	for range 3 {
+		resp, err := http.Get(p.url("/ws")) // no token: 401 while allowed
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		last = resp
+	}
+	if last.StatusCode != http.StatusTooManyRequests || last.Header.Get("Retry-After") == "" {
+		t.Fatalf("third /ws request in a burst of 2: %d, Retry-After %q; want 429", last.StatusCode, last.Header.Get("Retry-After"))
+	}
+	p.stop()
 }
 
 // TestEnvParseErrorIsReported: a CHATD_ variable that does not parse is
