@@ -13,6 +13,9 @@ var (
 	ErrTokenExpired   = errors.New("token expired")
 	ErrTokenRevoked   = errors.New("token revoked")
 	ErrSessionExpired = errors.New("session expired")
+	// ErrOutsideRefresh refuses to refresh an outside identity provider's
+	// token; its code is invalid_token.
+	ErrOutsideRefresh = errors.New("a token from the identity provider is refreshed there")
 )
 
 // User errors.

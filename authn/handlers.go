@@ -259,6 +259,9 @@ func WriteTokenError(w http.ResponseWriter, err error) {
 // tokenMessage is the human text for a token error; it never repeats parser
 // details that would help an attacker.
 func tokenMessage(err error) string {
+	if errors.Is(err, ErrOutsideRefresh) {
+		return "a token from the identity provider is refreshed by the identity provider"
+	}
 	switch Code(err) {
 	case "missing_token":
 		return "no token was presented"

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -29,6 +30,9 @@ type Claims struct {
 	// omitzero, not omitempty: an empty list (no room at all) must survive
 	// a refresh, not turn into "any room".
 	Rooms []string `json:"rooms,omitzero"`
+	// External is set by Verify for a token an outside identity provider
+	// signed (not a claim): /auth/refresh leaves those to the provider.
+	External bool `json:"-"`
 }
 
 // Expiry returns the token's exp as a time (zero if unset).
@@ -54,11 +58,18 @@ func (c *Claims) MayJoin(room string) bool {
 
 // TokenConfig configures Tokens. Zero fields take the defaults noted.
 type TokenConfig struct {
-	Secret     []byte        // HS256 key, at least 32 bytes
-	Issuer     string        // iss and aud; default "chatd"
-	TTL        time.Duration // token lifetime; default 15m
-	SessionMax time.Duration // how long refreshes may extend a login; default 24h
-	Leeway     time.Duration // clock-skew allowance for exp, nbf, iat
+	Secret   []byte // HS256 key, at least 32 bytes
+	Issuer   string // iss of chatd's own (HS256) tokens; default "chatd"
+	Audience string // aud every token must hold, and chatd's own carry; default "chatd"
+	// PublicKeys verify tokens signed by an outside identity provider
+	// (RS256, ES256, EdDSA); SetPublicKeys replaces them. Such a token must
+	// carry ExternalIssuer (default Issuer) as its iss, and the same claims
+	// as chatd's own.
+	PublicKeys     []PublicKey
+	ExternalIssuer string
+	TTL            time.Duration // token lifetime; default 15m
+	SessionMax     time.Duration // how long refreshes may extend a login; default 24h
+	Leeway         time.Duration // clock-skew allowance for exp, nbf, iat
 	// Revoked, if set, is consulted on every verification.
 	Revoked interface{ IsRevoked(jti string) bool }
 	// Now is the clock; default time.Now. Tests move it.
@@ -69,6 +80,7 @@ type TokenConfig struct {
 type Tokens struct {
 	cfg    TokenConfig
 	parser *jwt.Parser
+	keys   atomic.Pointer[map[string][]PublicKey] // PublicKeys by Alg
 }
 
 // MinSecretBytes is the shortest HS256 key accepted (RFC 7518 3.2: a key at
@@ -83,6 +95,12 @@ func NewTokens(cfg TokenConfig) (*Tokens, error) {
 	if cfg.Issuer == "" {
 		cfg.Issuer = "chatd"
 	}
+	if cfg.Audience == "" {
+		cfg.Audience = "chatd"
+	}
+	if cfg.ExternalIssuer == "" {
+		cfg.ExternalIssuer = cfg.Issuer
+	}
 	if cfg.TTL <= 0 {
 		cfg.TTL = 15 * time.Minute
 	}
@@ -94,17 +112,56 @@ func NewTokens(cfg TokenConfig) (*Tokens, error) {
 	}
 	// The strict options matter: golang-jwt's defaults accept tokens without
 	// exp, with a foreign aud or with another HMAC algorithm (notes/security.md).
+	// iss depends on who signed, so Verify checks it.
+	methods := []string{jwt.SigningMethodHS256.Alg()}
+	if len(cfg.PublicKeys) > 0 {
+		methods = append(methods, jwt.SigningMethodRS256.Alg(), jwt.SigningMethodES256.Alg(), jwt.SigningMethodEdDSA.Alg())
+	}
 	parser := jwt.NewParser(
-		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
+		jwt.WithValidMethods(methods),
 		jwt.WithExpirationRequired(),
-		jwt.WithIssuer(cfg.Issuer),
-		jwt.WithAudience(cfg.Issuer),
+		jwt.WithAudience(cfg.Audience),
 		jwt.WithIssuedAt(),
 		jwt.WithLeeway(cfg.Leeway),
 		jwt.WithTimeFunc(cfg.Now),
 		jwt.WithStrictDecoding(),
 	)
-	return &Tokens{cfg: cfg, parser: parser}, nil
+	t := &Tokens{cfg: cfg, parser: parser}
+	t.SetPublicKeys(cfg.PublicKeys)
+	return t, nil
+}
+
+// SetPublicKeys replaces the outside identity provider's keys (a JWKS
+// document fetched again). With none configured at NewTokens, only HS256
+// is accepted whatever is set here.
+func (t *Tokens) SetPublicKeys(keys []PublicKey) {
+	byAlg := make(map[string][]PublicKey)
+	for _, k := range keys {
+		byAlg[k.Alg] = append(byAlg[k.Alg], k)
+	}
+	t.keys.Store(&byAlg)
+}
+
+// key picks what verifies tok: chatd's secret for HS256, else the outside
+// keys of the token's algorithm (the key's type fixed that algorithm when
+// it was loaded, so a token cannot pick another one for it), narrowed to
+// its kid when it names one.
+func (t *Tokens) key(tok *jwt.Token) (any, error) {
+	alg := tok.Method.Alg()
+	if alg == jwt.SigningMethodHS256.Alg() {
+		return t.cfg.Secret, nil
+	}
+	kid, _ := tok.Header["kid"].(string)
+	var set jwt.VerificationKeySet
+	for _, k := range (*t.keys.Load())[alg] {
+		if kid == "" || k.KeyID == "" || k.KeyID == kid {
+			set.Keys = append(set.Keys, k.Key)
+		}
+	}
+	if len(set.Keys) == 0 {
+		return nil, fmt.Errorf("no %s key with kid %q", alg, kid)
+	}
+	return set, nil
 }
 
 // Leeway returns the configured clock-skew allowance.
@@ -127,8 +184,14 @@ func (t *Tokens) Issue(user *User) (*Issued, error) {
 
 // Refresh signs a new token for the login that old belongs to. The new
 // token's exp never passes the session's end; at or after that end Refresh
-// fails with ErrSessionExpired.
+// fails with ErrSessionExpired. An outside provider's token is refused
+// (ErrOutsideRefresh).
 func (t *Tokens) Refresh(old *Claims) (*Issued, error) {
+	if old.External {
+		// Its login is the provider's, with no auth_time of chatd's to
+		// bound a chain of chatd's own tokens.
+		return nil, ErrOutsideRefresh
+	}
 	now := t.cfg.Now()
 	exp := now.Add(t.cfg.TTL)
 	if old.AuthTime != 0 {
@@ -147,7 +210,7 @@ func (t *Tokens) sign(sub, name, sid string, authTime int64, rooms []string, now
 	c := &Claims{
 		RegisteredClaims: jwt.RegisteredClaims{
 			Issuer:    t.cfg.Issuer,
-			Audience:  jwt.ClaimStrings{t.cfg.Issuer},
+			Audience:  jwt.ClaimStrings{t.cfg.Audience},
 			Subject:   sub,
 			IssuedAt:  jwt.NewNumericDate(now),
 			NotBefore: jwt.NewNumericDate(now),
@@ -168,8 +231,10 @@ func (t *Tokens) sign(sub, name, sid string, authTime int64, rooms []string, now
 	return &Issued{Token: s, Claims: c}, nil
 }
 
-// Verify parses and checks a token: signature, algorithm, iss, aud, exp,
-// nbf, iat, the presence of sub, jti and sid, and revocation. The error is
+// Verify parses and checks a token: signature and algorithm (HS256 with
+// chatd's secret, or an outside key's own algorithm), iss (chatd's, or the
+// outside provider's), aud, exp, nbf, iat, the presence of sub, jti, sid
+// and name, and revocation. The error is
 // one of ErrMissingToken, ErrInvalidToken, ErrTokenExpired, ErrTokenRevoked.
 func (t *Tokens) Verify(token string) (*Claims, error) {
 	if token == "" {
@@ -179,9 +244,7 @@ func (t *Tokens) Verify(token string) (*Claims, error) {
 		return nil, ErrInvalidToken
 	}
 	c := new(Claims)
-	_, err := t.parser.ParseWithClaims(token, c, func(tok *jwt.Token) (any, error) {
-		return t.cfg.Secret, nil
-	})
+	tok, err := t.parser.ParseWithClaims(token, c, t.key)
 	if err != nil {
 		// Only a token whose signature verified can be "expired": golang-jwt
 		// v5 stops at a bad signature, so ErrTokenExpired implies a good one.
@@ -189,6 +252,13 @@ func (t *Tokens) Verify(token string) (*Claims, error) {
 			return nil, ErrTokenExpired
 		}
 		return nil, fmt.Errorf("%w: %v", ErrInvalidToken, err)
+	}
+	iss := t.cfg.Issuer
+	if tok.Method.Alg() != jwt.SigningMethodHS256.Alg() {
+		iss, c.External = t.cfg.ExternalIssuer, true
+	}
+	if c.Issuer != iss {
+		return nil, fmt.Errorf("%w: iss %q, want %q", ErrInvalidToken, c.Issuer, iss)
 	}
 	if c.Subject == "" || c.ID == "" || c.SessionID == "" || c.Name == "" {
 		return nil, fmt.Errorf("%w: missing sub, jti, sid or name", ErrInvalidToken)

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"net/http"
+	"time"
 
 	"github.com/chatd/chatd/assets"
 	"github.com/chatd/chatd/authn"
@@ -22,6 +24,8 @@ type app struct {
 	history broker.History
 	broker  *broker.Broker
 	handler http.Handler
+
+	stopKeys context.CancelFunc // ends the outside keys' reloading
 }
 
 // newApp opens the store in cfg.DataDir and builds every part.
@@ -45,8 +49,14 @@ func newApp(cfg Config, log zerolog.Logger) (a *app, err error) {
 	if err != nil {
 		return nil, err
 	}
+	outside := outsideKeys{pemFile: cfg.JWTPublicKey, jwks: cfg.JWKS, client: &http.Client{Timeout: 10 * time.Second}}
+	publicKeys, err := outside.load(context.Background())
+	if err != nil {
+		return nil, err
+	}
 	tokens, err := authn.NewTokens(authn.TokenConfig{
 		Secret: secret, TTL: cfg.TokenTTL, SessionMax: cfg.SessionMax, Leeway: cfg.JWTLeeway, Revoked: revoked,
+		Audience: cfg.JWTAudience, PublicKeys: publicKeys, ExternalIssuer: cfg.JWTIssuer,
 	})
 	if err != nil {
 		return nil, err
@@ -108,18 +118,24 @@ func newApp(cfg Config, log zerolog.Logger) (a *app, err error) {
 	mux.Handle("/metrics", readOnly(promhttp.HandlerFor(reg, promhttp.HandlerOpts{EnableOpenMetrics: true}).ServeHTTP))
 	mux.Handle("/", assets.Handler())
 
+	ctx, stopKeys := context.WithCancel(context.Background())
+	if outside.configured() {
+		go outside.refresh(ctx, tokens, log.With().Str("component", "authn").Logger())
+	}
 	return &app{
-		log:     log,
-		db:      db,
-		history: history,
-		broker:  b,
-		handler: accessLog(log.With().Str("component", "http").Logger(), mux),
+		log:      log,
+		db:       db,
+		history:  history,
+		broker:   b,
+		handler:  accessLog(log.With().Str("component", "http").Logger(), mux),
+		stopKeys: stopKeys,
 	}, nil
 }
 
 // close flushes the history and closes the store. Every acked message is
 // already stored; this writes those still waiting for their commit.
 func (a *app) close() error {
+	a.stopKeys()
 	a.broker.Close()
 	herr := a.history.Close()
 	derr := a.db.Close()

@@ -37,6 +37,10 @@ type Config struct {
 	PresenceLimit  int
 	AuthRate       float64
 	WSRateLimit    float64
+	JWTPublicKey   string
+	JWKS           string
+	JWTIssuer      string
+	JWTAudience    string
 	BcryptCost     int
 	PingInterval   time.Duration
 	IdleTimeout    time.Duration
@@ -52,6 +56,10 @@ func newFlagSet(name string, cfg *Config) *flag.FlagSet {
 	fs.StringVar(&cfg.Addr, "addr", ":3000", "listen address")
 	fs.StringVar(&cfg.DataDir, "data-dir", "./chatd-data", "embedded store: users, history, revocations, generated secret")
 	fs.StringVar(&cfg.JWTSecret, "jwt-secret", "", "HS256 key, at least 32 bytes (default: generated once, kept in the data dir)")
+	fs.StringVar(&cfg.JWTPublicKey, "jwt-public-key", "", "PEM file of an identity provider's public keys: its RS256 (RSA), ES256 (P-256) or EdDSA (Ed25519) tokens are accepted too")
+	fs.StringVar(&cfg.JWKS, "jwks", "", "an identity provider's JWKS document (file or http(s) URL, loaded again every 10m): its RS256, ES256 or EdDSA tokens are accepted too")
+	fs.StringVar(&cfg.JWTIssuer, "jwt-issuer", "chatd", "iss required of tokens verified with --jwt-public-key or --jwks (chatd's own tokens carry chatd)")
+	fs.StringVar(&cfg.JWTAudience, "jwt-audience", "chatd", "aud every token must hold; chatd's own tokens carry it")
 	fs.DurationVar(&cfg.TokenTTL, "token-ttl", 15*time.Minute, "lifetime of issued tokens")
 	fs.DurationVar(&cfg.JWTLeeway, "jwt-leeway", 0, "clock-skew allowance for exp, nbf and iat")
 	fs.DurationVar(&cfg.SessionMax, "session-max", 24*time.Hour, "how long a chain of refreshes may extend one login")
@@ -135,6 +143,9 @@ func (c *Config) validate() error {
 	}
 	if c.AuthRate < 0 {
 		errs = append(errs, errors.New("--auth-rate must not be negative"))
+	}
+	if c.JWTIssuer == "" || c.JWTAudience == "" {
+		errs = append(errs, errors.New("--jwt-issuer and --jwt-audience must not be empty"))
 	}
 	if c.WSRateLimit < 0 {
 		errs = append(errs, errors.New("--ws-rate-limit must not be negative"))
