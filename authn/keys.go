@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"slices"
 )
 
 // PublicKey verifies tokens signed by someone else, an outside identity
@@ -97,13 +98,49 @@ type jwk struct {
 	Crv string `json:"crv"` // EC, OKP
 	X   string `json:"x"`   // EC, OKP
 	Y   string `json:"y"`   // EC
+
+	KeyOps []string `json:"key_ops"`
+	// Private members: a published set holding any has leaked its keys.
+	D  string `json:"d"`
+	P  string `json:"p"`
+	Q  string `json:"q"`
+	DP string `json:"dp"`
+	DQ string `json:"dq"`
+	QI string `json:"qi"`
 }
 
-// ParseJWKS reads a JWKS document (RFC 7517 5). Keys chatd cannot use for
-// RS256, ES256 or EdDSA signatures (encryption keys, other curves or
-// algorithms, private-key members aside) are skipped, since an identity
-// provider's set often holds some; a key it can use but that does not
-// parse is an error, and so is a set with no usable key.
+// alg is the algorithm chatd would verify with j, "" if none: by its type
+// and curve, and only if its own alg, use and key_ops agree.
+func (j jwk) alg() string {
+	var alg string
+	switch {
+	case j.Kty == "RSA":
+		alg = "RS256"
+	case j.Kty == "EC" && j.Crv == "P-256":
+		alg = "ES256"
+	case j.Kty == "OKP" && j.Crv == "Ed25519":
+		alg = "EdDSA"
+	default:
+		return ""
+	}
+	if j.Alg != "" && j.Alg != alg && !(alg == "EdDSA" && j.Alg == "Ed25519") { // RFC 9864 names it Ed25519
+		return ""
+	}
+	if j.Use != "" && j.Use != "sig" {
+		return ""
+	}
+	if j.KeyOps != nil && !slices.Contains(j.KeyOps, "verify") {
+		return ""
+	}
+	return alg
+}
+
+// ParseJWKS reads a JWKS document (RFC 7517 5). Keys chatd does not
+// verify with (encryption keys, other curves or algorithms, a key_ops
+// without verify) are skipped, since an identity provider's set often
+// holds some; a key it would verify with but that does not parse, or is
+// too weak, is an error, and so are a set with no such key and a set that
+// holds private key material.
 func ParseJWKS(data []byte) ([]PublicKey, error) {
 	var doc struct {
 		Keys []jwk `json:"keys"`
@@ -113,22 +150,20 @@ func ParseJWKS(data []byte) ([]PublicKey, error) {
 	}
 	var keys []PublicKey
 	for i, j := range doc.Keys {
-		if j.Use != "" && j.Use != "sig" {
+		if j.D != "" || j.P != "" || j.Q != "" || j.DP != "" || j.DQ != "" || j.QI != "" {
+			return nil, fmt.Errorf("JWKS key %d (kid %q) holds private key material: the set is leaked, not published", i, j.Kid)
+		}
+		alg := j.alg()
+		if alg == "" {
 			continue
 		}
 		key, err := j.publicKey()
-		if errors.Is(err, errUnusableKey) {
-			continue
-		}
 		if err != nil {
 			return nil, fmt.Errorf("JWKS key %d (kid %q): %w", i, j.Kid, err)
 		}
 		k, err := publicKey(key, j.Kid)
 		if err != nil {
 			return nil, fmt.Errorf("JWKS key %d (kid %q): %w", i, j.Kid, err)
-		}
-		if j.Alg != "" && j.Alg != k.Alg {
-			continue // the key is for an algorithm chatd does not verify
 		}
 		keys = append(keys, k)
 	}
@@ -137,8 +172,6 @@ func ParseJWKS(data []byte) ([]PublicKey, error) {
 	}
 	return keys, nil
 }
-
-var errUnusableKey = errors.New("not a key chatd verifies with")
 
 func (j jwk) publicKey() (any, error) {
 	switch {
@@ -178,7 +211,7 @@ func (j jwk) publicKey() (any, error) {
 		}
 		return ed25519.PublicKey(x), nil
 	default:
-		return nil, errUnusableKey
+		return nil, fmt.Errorf("kty %q", j.Kty) // alg() has ruled this out
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"math/big"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -235,5 +236,83 @@ func TestOutsideTokens(t *testing.T) {
 	plain.SetPublicKeys(keys)
 	if _, err := plain.Verify(signWith(t, jwt.SigningMethodRS256, s.rsa, "r1", outsideClaims("chatd", exp))); !errors.Is(err, authn.ErrInvalidToken) {
 		t.Errorf("RS256 without configured keys: %v, want ErrInvalidToken", err)
+	}
+}
+
+// The rules around outside keys that TestOutsideTokens does not reach.
+func TestOutsideTokenRules(t *testing.T) {
+	s := newSigners(t)
+	pemKeys, err := authn.ParsePEMKeys([]byte(pemOf(t, &s.rsa.PublicKey)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret := []byte(strings.Repeat("k", 32))
+	for _, iss := range []string{"", "chatd"} {
+		if _, err := authn.NewTokens(authn.TokenConfig{Secret: secret, PublicKeys: pemKeys, ExternalIssuer: iss}); err == nil {
+			t.Errorf("outside keys with the provider's iss %q: accepted, want the provider's own", iss)
+		}
+	}
+	var unknown atomic.Int32
+	tokens, err := authn.NewTokens(authn.TokenConfig{Secret: secret, PublicKeys: pemKeys, ExternalIssuer: idp, OnUnknownKey: func() { unknown.Add(1) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	exp := time.Now().Add(time.Minute)
+
+	// A PEM key has no kid: it verifies a token whatever kid it names.
+	c, err := tokens.Verify(signWith(t, jwt.SigningMethodRS256, s.rsa, "some-kid", outsideClaims(idp, exp)))
+	if err != nil || !c.External {
+		t.Fatalf("a kid against a PEM key: %v %v", c, err)
+	}
+	// The provider's tokens are refreshed by the provider.
+	if _, err := tokens.Refresh(c); !errors.Is(err, authn.ErrOutsideRefresh) {
+		t.Errorf("Refresh of a provider's token: %v, want ErrOutsideRefresh", err)
+	}
+
+	badName := outsideClaims(idp, exp)
+	badName["name"] = "<b>\u202eevil"
+	numericKid := jwt.NewWithClaims(jwt.SigningMethodRS256, outsideClaims(idp, exp))
+	numericKid.Header["kid"] = 7
+	numeric, err := numericKid.SignedString(s.rsa)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, tok := range map[string]string{
+		"a name that is not a username": signWith(t, jwt.SigningMethodRS256, s.rsa, "", badName),
+		"a kid that is not a string":    numeric,
+		"ES256 with only an RSA key":    signWith(t, jwt.SigningMethodES256, s.ec, "e1", outsideClaims(idp, exp)),
+	} {
+		if _, err := tokens.Verify(tok); !errors.Is(err, authn.ErrInvalidToken) {
+			t.Errorf("%s: %v, want ErrInvalidToken", name, err)
+		}
+	}
+	if unknown.Load() == 0 {
+		t.Error("a kid no key has did not ask for the keys again")
+	}
+}
+
+// JWKS members that decide whether a key is used at all.
+func TestJWKSKeyFilters(t *testing.T) {
+	s := newSigners(t)
+	n, e := b64(s.rsa.N.Bytes()), b64(big.NewInt(int64(s.rsa.E)).Bytes())
+	ed := b64(s.ed.Public().(ed25519.PublicKey))
+	small, _ := rsa.GenerateKey(rand.Reader, 1024)
+	keys, err := authn.ParseJWKS([]byte(`{"keys":[
+		{"kty":"RSA","kid":"ops","key_ops":["encrypt"],"n":"` + n + `","e":"` + e + `"},
+		{"kty":"RSA","kid":"ps","alg":"PS256","n":"` + b64(small.N.Bytes()) + `","e":"AQAB"},
+		{"kty":"OKP","kid":"ed","alg":"Ed25519","crv":"Ed25519","x":"` + ed + `"},
+		{"kty":"RSA","kid":"v","key_ops":["verify"],"n":"` + n + `","e":"` + e + `"}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, k := range keys {
+		got = append(got, k.KeyID)
+	}
+	if strings.Join(got, ",") != "ed,v" {
+		t.Errorf("kept %v, want ed (alg Ed25519, RFC 9864) and v (key_ops verify)", got)
+	}
+	if _, err := authn.ParseJWKS([]byte(`{"keys":[{"kty":"RSA","n":"` + n + `","e":"` + e + `","d":"AQAB"}]}`)); err == nil {
+		t.Error("a set with private key material was accepted")
 	}
 }

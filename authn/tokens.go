@@ -66,10 +66,14 @@ type TokenConfig struct {
 	// carry ExternalIssuer (default Issuer) as its iss, and the same claims
 	// as chatd's own.
 	PublicKeys     []PublicKey
-	ExternalIssuer string
-	TTL            time.Duration // token lifetime; default 15m
-	SessionMax     time.Duration // how long refreshes may extend a login; default 24h
-	Leeway         time.Duration // clock-skew allowance for exp, nbf, iat
+	ExternalIssuer string // required with PublicKeys, and not Issuer
+	// OnUnknownKey, if set, is called when a token names a kid no outside
+	// key has (the provider may have rotated): a hint to load the keys
+	// again. It must not block.
+	OnUnknownKey func()
+	TTL          time.Duration // token lifetime; default 15m
+	SessionMax   time.Duration // how long refreshes may extend a login; default 24h
+	Leeway       time.Duration // clock-skew allowance for exp, nbf, iat
 	// Revoked, if set, is consulted on every verification.
 	Revoked interface{ IsRevoked(jti string) bool }
 	// Now is the clock; default time.Now. Tests move it.
@@ -98,8 +102,10 @@ func NewTokens(cfg TokenConfig) (*Tokens, error) {
 	if cfg.Audience == "" {
 		cfg.Audience = "chatd"
 	}
-	if cfg.ExternalIssuer == "" {
-		cfg.ExternalIssuer = cfg.Issuer
+	if len(cfg.PublicKeys) > 0 && (cfg.ExternalIssuer == "" || cfg.ExternalIssuer == cfg.Issuer) {
+		// The iss names who holds the key (RFC 8725 3.8): the provider's
+		// tokens must not pass for chatd's own, or the reverse.
+		return nil, fmt.Errorf("outside keys need the provider's own issuer, not %q", cfg.ExternalIssuer)
 	}
 	if cfg.TTL <= 0 {
 		cfg.TTL = 15 * time.Minute
@@ -151,7 +157,12 @@ func (t *Tokens) key(tok *jwt.Token) (any, error) {
 	if alg == jwt.SigningMethodHS256.Alg() {
 		return t.cfg.Secret, nil
 	}
-	kid, _ := tok.Header["kid"].(string)
+	var kid string
+	if v, ok := tok.Header["kid"]; ok {
+		if kid, ok = v.(string); !ok {
+			return nil, errors.New("kid is not a string")
+		}
+	}
 	var set jwt.VerificationKeySet
 	for _, k := range (*t.keys.Load())[alg] {
 		if kid == "" || k.KeyID == "" || k.KeyID == kid {
@@ -159,6 +170,9 @@ func (t *Tokens) key(tok *jwt.Token) (any, error) {
 		}
 	}
 	if len(set.Keys) == 0 {
+		if kid != "" && t.cfg.OnUnknownKey != nil {
+			t.cfg.OnUnknownKey()
+		}
 		return nil, fmt.Errorf("no %s key with kid %q", alg, kid)
 	}
 	return set, nil
@@ -262,6 +276,10 @@ func (t *Tokens) Verify(token string) (*Claims, error) {
 	}
 	if c.Subject == "" || c.ID == "" || c.SessionID == "" || c.Name == "" {
 		return nil, fmt.Errorf("%w: missing sub, jti, sid or name", ErrInvalidToken)
+	}
+	if c.External && !ValidUsername(c.Name) {
+		// Shown to other users as a username: the same rules as chatd's own.
+		return nil, fmt.Errorf("%w: name is not a valid username", ErrInvalidToken)
 	}
 	if t.Revoked(c.ID) {
 		return nil, ErrTokenRevoked

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"time"
 
 	"github.com/chatd/chatd/assets"
 	"github.com/chatd/chatd/authn"
@@ -49,14 +48,14 @@ func newApp(cfg Config, log zerolog.Logger) (a *app, err error) {
 	if err != nil {
 		return nil, err
 	}
-	outside := outsideKeys{pemFile: cfg.JWTPublicKey, jwks: cfg.JWKS, client: &http.Client{Timeout: 10 * time.Second}}
+	outside := newOutsideKeys(cfg.JWTPublicKey, cfg.JWKS)
 	publicKeys, err := outside.load(context.Background())
 	if err != nil {
 		return nil, err
 	}
 	tokens, err := authn.NewTokens(authn.TokenConfig{
 		Secret: secret, TTL: cfg.TokenTTL, SessionMax: cfg.SessionMax, Leeway: cfg.JWTLeeway, Revoked: revoked,
-		Audience: cfg.JWTAudience, PublicKeys: publicKeys, ExternalIssuer: cfg.JWTIssuer,
+		Audience: cfg.JWTAudience, PublicKeys: publicKeys, ExternalIssuer: cfg.JWTIssuer, OnUnknownKey: outside.unknownKey,
 	})
 	if err != nil {
 		return nil, err

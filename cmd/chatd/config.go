@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net/url"
 	"strings"
 	"time"
 )
@@ -58,7 +59,7 @@ func newFlagSet(name string, cfg *Config) *flag.FlagSet {
 	fs.StringVar(&cfg.JWTSecret, "jwt-secret", "", "HS256 key, at least 32 bytes (default: generated once, kept in the data dir)")
 	fs.StringVar(&cfg.JWTPublicKey, "jwt-public-key", "", "PEM file of an identity provider's public keys: its RS256 (RSA), ES256 (P-256) or EdDSA (Ed25519) tokens are accepted too")
 	fs.StringVar(&cfg.JWKS, "jwks", "", "an identity provider's JWKS document (file or http(s) URL, loaded again every 10m): its RS256, ES256 or EdDSA tokens are accepted too")
-	fs.StringVar(&cfg.JWTIssuer, "jwt-issuer", "chatd", "iss required of tokens verified with --jwt-public-key or --jwks (chatd's own tokens carry chatd)")
+	fs.StringVar(&cfg.JWTIssuer, "jwt-issuer", "", "the identity provider's iss, required of its tokens; needed with --jwt-public-key or --jwks, and not chatd (chatd's own tokens carry chatd)")
 	fs.StringVar(&cfg.JWTAudience, "jwt-audience", "chatd", "aud every token must hold; chatd's own tokens carry it")
 	fs.DurationVar(&cfg.TokenTTL, "token-ttl", 15*time.Minute, "lifetime of issued tokens")
 	fs.DurationVar(&cfg.JWTLeeway, "jwt-leeway", 0, "clock-skew allowance for exp, nbf and iat")
@@ -144,8 +145,18 @@ func (c *Config) validate() error {
 	if c.AuthRate < 0 {
 		errs = append(errs, errors.New("--auth-rate must not be negative"))
 	}
-	if c.JWTIssuer == "" || c.JWTAudience == "" {
-		errs = append(errs, errors.New("--jwt-issuer and --jwt-audience must not be empty"))
+	if c.JWTAudience == "" {
+		errs = append(errs, errors.New("--jwt-audience must not be empty"))
+	}
+	if c.JWTPublicKey != "" || c.JWKS != "" {
+		if c.JWTIssuer == "" || c.JWTIssuer == "chatd" {
+			errs = append(errs, errors.New("--jwt-issuer: give the identity provider's own iss (not chatd) with --jwt-public-key or --jwks"))
+		}
+	}
+	if c.JWKS != "" && isURL(c.JWKS) {
+		if u, err := url.Parse(c.JWKS); err != nil || !trustedURL(u) {
+			errs = append(errs, fmt.Errorf("--jwks %s: fetch keys over https (plain http only from this machine)", redacted(c.JWKS)))
+		}
 	}
 	if c.WSRateLimit < 0 {
 		errs = append(errs, errors.New("--ws-rate-limit must not be negative"))

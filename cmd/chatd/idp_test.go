@@ -138,12 +138,18 @@ func TestOutsideKeysMustLoad(t *testing.T) {
 	if err := os.WriteFile(bad, []byte("not a key"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	away := httptest.NewServer(http.RedirectHandler("http://192.0.2.1/jwks", http.StatusFound))
+	defer away.Close()
 	for _, args := range [][]string{
-		{"--jwks", gone.URL, "404"},
-		{"--jwt-public-key", bad, "PEM"},
-		{"--jwt-public-key", filepath.Join(t.TempDir(), "missing.pem"), "missing.pem"},
+		{"--jwks", gone.URL, "--jwt-issuer", "https://idp.example", "404"},
+		{"--jwks", away.URL, "--jwt-issuer", "https://idp.example", "redirect"},
+		{"--jwks", "http://192.0.2.1/jwks", "--jwt-issuer", "https://idp.example", "https"},
+		{"--jwt-public-key", bad, "--jwt-issuer", "https://idp.example", "PEM"},
+		{"--jwt-public-key", filepath.Join(t.TempDir(), "missing.pem"), "--jwt-issuer", "https://idp.example", "missing.pem"},
+		{"--jwt-public-key", bad, "--jwt-issuer", "chatd", "--jwt-issuer"},
+		{"--jwt-public-key", bad, "--jwt-audience", "chatd", "--jwt-issuer"},
 	} {
-		code, out := runChatd(t, nil, "", append(chatdArgs(t.TempDir()), args[:2]...)...)
-		requireCleanFailure(t, code, out, args[2])
+		code, out := runChatd(t, nil, "", append(chatdArgs(t.TempDir()), args[:4]...)...)
+		requireCleanFailure(t, code, out, args[4])
 	}
 }
