@@ -257,6 +257,9 @@ func (b *Broker) heartbeat() {
 
 // checkOrigin applies AllowedOrigins to r.
 func (b *Broker) checkOrigin(r *http.Request) bool {
+	if len(r.Header.Values("Origin")) > 1 {
+		return false // which one would the browser have meant?
+	}
 	origin := r.Header.Get("Origin")
 	if origin == "" {
 		return true

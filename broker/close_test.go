@@ -195,21 +195,54 @@ func TestCloseWithoutAnswer(t *testing.T) {
 	}
 }
 
-// An upgrade that gws refuses (here a wrong WebSocket version, past every
-// check of chatd's own) still gets gws's answer: the response held back
-// for the welcome is written when the connection closes instead.
-func TestRefusedUpgradeIsAnswered(t *testing.T) {
+// A malformed opening handshake with a good token is refused by chatd,
+// with a JSON body, before gws would answer it with plain text: every way
+// RFC 6455 4.1 lists, and two it implies (no body, one Origin). A
+// Connection header split over two lines is fine.
+func TestBadHandshakes(t *testing.T) {
 	e := newEnv(t, broker.Options{})
+	tok := e.token("shaker")
+	good := upgradeRequest("13", tok)
+	for _, tc := range []struct {
+		name, request string
+		status        int
+		code          string
+	}{
+		{"version 12", upgradeRequest("12", tok), 426, "bad_request"},
+		{"no version", strings.Replace(good, "Sec-WebSocket-Version: 13\r\n", "", 1), 426, "bad_request"},
+		{"no key", strings.Replace(good, "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", "", 1), 400, "bad_request"},
+		{"a short key", strings.Replace(good, "dGhlIHNhbXBsZSBub25jZQ==", "c2hvcnQ=", 1), 400, "bad_request"},
+		{"no Connection: Upgrade", strings.Replace(good, "Connection: Upgrade", "Connection: keep-alive", 1), 400, "bad_request"},
+		{"HTTP/1.0", strings.Replace(good, "HTTP/1.1", "HTTP/1.0", 1), 400, "bad_request"},
+		{"a body", strings.Replace(good, "\r\n\r\n", "\r\nContent-Length: 5\r\n\r\nhello", 1), 400, "bad_request"},
+		{"two Origins", strings.Replace(good, "Host: x\r\n", "Host: x\r\nOrigin: http://x\r\nOrigin: http://evil.example\r\n", 1), 403, "origin_not_allowed"},
+	} {
+		nc := tcpDial(t, e.srv.Listener.Addr().String())
+		if _, err := io.WriteString(nc, tc.request); err != nil {
+			t.Fatal(err)
+		}
+		_ = nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+		resp, err := http.ReadResponse(bufio.NewReader(nc), nil)
+		if err != nil {
+			t.Fatalf("%s: no answer: %v", tc.name, err)
+		}
+		if resp.StatusCode != tc.status || errorBody(t, resp) != tc.code {
+			t.Errorf("%s: status %d, want %d %s", tc.name, resp.StatusCode, tc.status, tc.code)
+		}
+		if tc.status == 426 && resp.Header.Get("Sec-WebSocket-Version") != "13" {
+			t.Errorf("%s: 426 without Sec-WebSocket-Version: 13", tc.name)
+		}
+		nc.Close()
+	}
+
+	split := strings.Replace(good, "Connection: Upgrade\r\n", "Connection: keep-alive\r\nConnection: Upgrade\r\n", 1)
 	nc := tcpDial(t, e.srv.Listener.Addr().String())
-	if _, err := io.WriteString(nc, upgradeRequest("12", e.token("old"))); err != nil {
+	if _, err := io.WriteString(nc, split); err != nil {
 		t.Fatal(err)
 	}
 	_ = nc.SetReadDeadline(time.Now().Add(5 * time.Second))
-	resp, err := http.ReadResponse(bufio.NewReader(nc), nil)
-	if err != nil {
-		t.Fatalf("no answer to a refused upgrade: %v", err)
+	if resp, err := http.ReadResponse(bufio.NewReader(nc), nil); err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("Connection over two lines: %v %v, want 101", resp, err)
 	}
-	if resp.StatusCode != http.StatusBadRequest {
-		t.Fatalf("status %d, want 400", resp.StatusCode)
-	}
+	nc.Close()
 }

@@ -1,6 +1,8 @@
 package broker
 
 import (
+	"bytes"
+	"encoding/binary"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -52,7 +54,26 @@ func (c *sockConn) Write(p []byte) (int, error) {
 	if err := c.Conn.SetWriteDeadline(time.Now().Add(c.writeTimeout)); err != nil {
 		return 0, err
 	}
-	return c.Conn.Write(p)
+	if _, err := c.Conn.Write(plainClose(p)); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// plainClose returns gws's close frame p with a reason fit for the peer.
+// gws closes 1000 with the text of whatever ended its read loop; for the
+// idle timeout that is "read tcp <server address>-><peer address>: i/o
+// timeout", which shows the server's own address to the world.
+func plainClose(p []byte) []byte {
+	if len(p) < 4 || p[0] != 0x80|opClose || p[1] > 125 || int(p[1])+2 != len(p) ||
+		binary.BigEndian.Uint16(p[2:4]) != 1000 || len(p) == 4 {
+		return p // not gws's 1000 with a reason: its texts for 1002, 1007, 1009 are its own
+	}
+	reason := ""
+	if bytes.Contains(p[4:], []byte("timeout")) {
+		reason = "idle timeout"
+	}
+	return closeFrame(1000, reason)
 }
 
 // claimClose reports whether the caller may write the connection's close

@@ -72,15 +72,25 @@ func (b *Broker) OnClose(c *gws.Conn, err error) {
 }
 
 // OnPing implements gws.Event: the pong goes through the outbox like every
-// other frame, so the read loop never blocks on a write.
+// other frame, so the read loop never blocks on a write. A ping counts
+// against the rate limit like any frame: a flood of them would otherwise
+// cost a pong each, and a core.
 func (b *Broker) OnPing(c *gws.Conn, payload []byte) {
 	s := sessionOf(c)
-	s.touch(time.Now())
-	s.send(frame(opPong, payload))
+	now := time.Now()
+	s.touch(now)
+	if s.allow(now, nil) {
+		s.send(frame(opPong, payload))
+	}
 }
 
-// OnPong implements gws.Event.
-func (b *Broker) OnPong(c *gws.Conn, _ []byte) { sessionOf(c).touch(time.Now()) }
+// OnPong implements gws.Event; a pong counts against the rate limit too.
+func (b *Broker) OnPong(c *gws.Conn, _ []byte) {
+	s := sessionOf(c)
+	now := time.Now()
+	s.touch(now)
+	s.allow(now, nil)
+}
 
 // OnMessage implements gws.Event.
 func (b *Broker) OnMessage(c *gws.Conn, m *gws.Message) {

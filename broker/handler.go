@@ -2,6 +2,7 @@ package broker
 
 import (
 	"bufio"
+	"encoding/base64"
 	"net/http"
 	"strings"
 	"time"
@@ -55,11 +56,21 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		authn.WriteError(w, http.StatusUpgradeRequired, "bad_request", "this endpoint only speaks WebSocket")
 		return
 	}
+	if status, why := badHandshake(r); status != 0 {
+		if status == http.StatusUpgradeRequired {
+			w.Header().Set("Sec-WebSocket-Version", "13") // RFC 6455 4.4
+		}
+		authn.WriteError(w, status, "bad_request", why)
+		b.metrics.handshakes.WithLabelValues("bad_handshake").Inc()
+		return
+	}
 
-	// gws negotiates from the first header line only; a client may split
-	// its subprotocols over several.
-	if vals := r.Header.Values("Sec-WebSocket-Protocol"); len(vals) > 1 {
-		r.Header.Set("Sec-WebSocket-Protocol", strings.Join(vals, ", "))
+	// gws reads the first header line only; a client may split its
+	// subprotocols, or its Connection tokens, over several.
+	for _, name := range []string{"Sec-WebSocket-Protocol", "Connection"} {
+		if vals := r.Header.Values(name); len(vals) > 1 {
+			r.Header.Set(name, strings.Join(vals, ", "))
+		}
 	}
 	upgrader := b.upgrader
 	if offersChat {
@@ -128,4 +139,39 @@ func handshakeToken(r *http.Request) (token string, offersChat bool) {
 		return fromProtocol, offersChat
 	}
 	return r.URL.Query().Get("token"), offersChat
+}
+
+// badHandshake checks what RFC 6455 4.1 asks of an opening handshake that
+// gws would otherwise refuse with a plain-text 400 (or not at all), and
+// returns the status and reason to refuse it with, or 0.
+func badHandshake(r *http.Request) (int, string) {
+	switch {
+	case !r.ProtoAtLeast(1, 1) || r.Host == "":
+		return http.StatusBadRequest, "a WebSocket handshake is HTTP/1.1 with a Host header"
+	case r.ContentLength != 0 || len(r.TransferEncoding) > 0:
+		// The protocol switches after the request, so a body would be
+		// read as frames.
+		return http.StatusBadRequest, "a WebSocket handshake has no body"
+	case !headerHasToken(r.Header, "Connection", "upgrade"):
+		return http.StatusBadRequest, "Connection must include Upgrade"
+	case r.Header.Get("Sec-WebSocket-Version") != "13":
+		return http.StatusUpgradeRequired, "Sec-WebSocket-Version must be 13"
+	}
+	if key, err := base64.StdEncoding.DecodeString(r.Header.Get("Sec-WebSocket-Key")); err != nil || len(key) != 16 {
+		return http.StatusBadRequest, "Sec-WebSocket-Key must be 16 bytes in base64"
+	}
+	return 0, ""
+}
+
+// headerHasToken reports whether a comma-separated header holds token, in
+// any case (Connection: keep-alive, Upgrade).
+func headerHasToken(h http.Header, name, token string) bool {
+	for _, v := range h.Values(name) {
+		for t := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
+		}
+	}
+	return false
 }

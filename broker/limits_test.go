@@ -123,6 +123,37 @@ func TestSocketRefresh(t *testing.T) {
 	}
 }
 
+// A refreshed token with a narrower rooms claim rules at once: the socket
+// leaves the rooms it no longer allows (and is told), and cannot send there.
+func TestRefreshNarrowsRooms(t *testing.T) {
+	e := newEnv(t, broker.Options{})
+	c := e.dial(e.token("dana"))
+	c.send(map[string]any{"type": "join", "room": "secret"})
+	c.expect("joined")
+	c.send(map[string]any{"type": "join", "room": "lobby"})
+	c.expect("joined")
+
+	narrow := claims("dana", 15*time.Minute)
+	narrow.Rooms = []string{"lobby"}
+	c.send(map[string]any{"type": "refresh", "token": sign(t, narrow)})
+	c.expect("refreshed")
+	left := map[string]bool{}
+	for range 2 {
+		left[c.expect("left").str("room")] = true
+	}
+	if !left["secret"] || !left["general"] {
+		t.Fatalf("left %v, want secret and general", left)
+	}
+	for _, room := range []string{"secret", "general"} {
+		c.send(map[string]any{"type": "send", "room": room, "text": "still here?", "id": room})
+		if f := c.expect("error"); f.str("code") != "not_member" || f.str("id") != room {
+			t.Fatalf("send to %s after the refresh: %v, want not_member", room, f)
+		}
+	}
+	c.send(map[string]any{"type": "send", "room": "lobby", "text": "here"})
+	c.expect("message")
+}
+
 func TestRevokeClosesThatTokensSockets(t *testing.T) {
 	e := newEnv(t, broker.Options{})
 	cl := claims("alice", time.Hour)
@@ -191,9 +222,13 @@ func TestHeartbeat(t *testing.T) {
 		t.Fatal(err)
 	}
 	go conn.ReadLoop()
-	silent.waitClose(3 * time.Second)
+	ev := silent.waitClose(3 * time.Second)
 	if d := time.Since(start); d < 300*time.Millisecond {
 		t.Fatalf("silent socket dropped after %v, before the idle timeout", d)
+	}
+	// gws's reason would be its read error, addresses and all.
+	if ev.code != 1000 || ev.reason != "idle timeout" {
+		t.Errorf("idle close %d %q, want 1000 \"idle timeout\"", ev.code, ev.reason)
 	}
 	// Well past the idle timeout, the socket that answers pings still works.
 	alive.send(map[string]any{"type": "who", "room": "general"})

@@ -335,7 +335,23 @@ func (s *Session) history(req *request) {
 	if msgs == nil {
 		msgs = []Message{}
 	}
-	s.send(textFrame(historyFrame{Type: "history", Room: req.Room, Messages: msgs}))
+	s.send(textFrame(historyFrame{Type: "history", Room: req.Room, Messages: s.withinBudget(msgs)}))
+}
+
+// withinBudget keeps the newest of msgs (oldest first) that fit in half the
+// send queue, less what is queued already, as a join's replay does: 200
+// messages of 4,096 characters that JSON escapes six bytes each are 5 MB,
+// and a client asking for such pages without reading them would hold that
+// much of the server's memory per request. At least one is kept; the
+// client pages back from the first one it got.
+func (s *Session) withinBudget(msgs []Message) []Message {
+	budget := s.broker.opts.SendQueueBytes/2 - s.out.queued()
+	for i := len(msgs) - 1; i >= 0; i-- {
+		if budget -= len(messagePayload(&msgs[i])) + 1; budget < 0 && i < len(msgs)-1 {
+			return msgs[i+1:]
+		}
+	}
+	return msgs
 }
 
 // refresh moves the socket's expiry to a new token's, if the token is
@@ -362,6 +378,16 @@ func (s *Session) refresh(token string, id []byte) {
 	s.allowed = c.Rooms
 	s.schedule(c.Expiry())
 	s.send(textFrame(refreshedFrame{Type: "refreshed", Exp: c.Expiry().Unix()}))
+	// The new token's rooms claim rules from now on: the socket leaves the
+	// rooms it no longer allows, and is told so, as if it had asked.
+	if s.allowed != nil {
+		for name := range s.rooms {
+			if !slices.Contains(s.allowed, name) {
+				s.leave(name)
+				s.send(textFrame(leftFrame{Type: "left", Room: name}))
+			}
+		}
+	}
 	if s.broker.opts.Verifier.Revoked(c.ID) { // logged out while we indexed it
 		s.close(CloseTokenRevoked, true, nil)
 	}

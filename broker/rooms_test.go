@@ -156,6 +156,28 @@ func TestWrongTypesKeepTheID(t *testing.T) {
 	c.expect("message")
 }
 
+// A history page is cut to half the send queue, keeping the newest
+// messages: a client asking for pages it does not read cannot make the
+// server hold more than its queue's worth.
+func TestHistoryWithinBudget(t *testing.T) {
+	e := newEnv(t, broker.Options{RateLimit: 10000, SendQueueBytes: 64 << 10})
+	c := e.dial(e.token("alice"))
+	text := strings.Repeat("x", 4096)
+	for range 20 {
+		c.send(map[string]any{"type": "send", "room": "general", "text": text})
+		c.expect("message")
+	}
+	c.send(map[string]any{"type": "history", "room": "general", "limit": 20})
+	h := c.expect("history")
+	msgs := h["messages"].([]any)
+	if len(msgs) == 0 || len(msgs) >= 20 || len(msgs)*4096 > 32<<10 {
+		t.Fatalf("a page of %d messages of 4 KiB, want at least one and at most 32 KiB's worth", len(msgs))
+	}
+	if last := msgs[len(msgs)-1].(map[string]any)["seq"].(float64); last != 20 {
+		t.Fatalf("the page ends at seq %v, want the newest (20)", last)
+	}
+}
+
 func TestHistoryPages(t *testing.T) {
 	e := newEnv(t, broker.Options{RateLimit: 10000})
 	c := e.dial(e.token("alice"))
@@ -348,43 +370,55 @@ func TestCloseCodes(t *testing.T) {
 			t.Fatalf("close %d", ev.code)
 		}
 	})
-	t.Run("flood 1008", func(t *testing.T) {
-		e := newEnv(t, broker.Options{RateLimit: 5})
-		c := e.dial(e.token("flooder"))
-		bystander := e.dial(e.token("bystander"))
-		limited := 0
-		go func() {
-			for range 200 {
-				if c.conn.WriteString("spam") != nil {
-					return
-				}
+	// Every frame counts against the rate limit, pings included: a ping
+	// flood would otherwise cost a pong each, and a core.
+	for kind, write := range map[string]func(*gws.Conn) error{
+		"text": func(c *gws.Conn) error { return c.WriteString("spam") },
+		"ping": func(c *gws.Conn) error { return c.WritePing([]byte("p")) },
+	} {
+		t.Run(kind+" flood 1008", func(t *testing.T) { flood(t, write) })
+	}
+}
+
+// flood sends 200 frames with write as fast as it can, and checks that the
+// socket gets rate_limited errors, then close 1008, while another socket
+// goes on chatting.
+func flood(t *testing.T, write func(*gws.Conn) error) {
+	e := newEnv(t, broker.Options{RateLimit: 5})
+	c := e.dial(e.token("flooder"))
+	bystander := e.dial(e.token("bystander"))
+	limited := 0
+	go func() {
+		for range 200 {
+			if write(c.conn) != nil {
+				return
 			}
-		}()
-		for {
-			select {
-			case f := <-c.frames:
-				if f.str("type") == "error" && f.str("code") == "rate_limited" {
+		}
+	}()
+	for {
+		select {
+		case f := <-c.frames:
+			if f.str("type") == "error" && f.str("code") == "rate_limited" {
+				limited++
+			}
+			continue
+		case ev := <-c.closed:
+			for len(c.frames) > 0 { // frames and the close race into the test
+				if f := <-c.frames; f.str("code") == "rate_limited" {
 					limited++
 				}
-				continue
-			case ev := <-c.closed:
-				for len(c.frames) > 0 { // frames and the close race into the test
-					if f := <-c.frames; f.str("code") == "rate_limited" {
-						limited++
-					}
-				}
-				if ev.code != 1008 || limited < 10 {
-					t.Fatalf("close %d after %d rate_limited errors, want 1008 after 10", ev.code, limited)
-				}
-			case <-time.After(5 * time.Second):
-				t.Fatal("flooder not closed")
 			}
-			break
+			if ev.code != 1008 || limited < 10 {
+				t.Fatalf("close %d after %d rate_limited errors, want 1008 after 10", ev.code, limited)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("flooder not closed")
 		}
-		bystander.send(map[string]any{"type": "send", "room": "general", "text": "fine"})
-		for bystander.expect("message").str("text") != "fine" {
-		}
-	})
+		break
+	}
+	bystander.send(map[string]any{"type": "send", "room": "general", "text": "fine"})
+	for bystander.expect("message").str("text") != "fine" {
+	}
 }
 
 // A join far behind replays only the newest messages (at most 1000, and
