@@ -82,7 +82,7 @@ func TestOutsideKeysReload(t *testing.T) {
 			go o.refresh(ctx, tokens, zerolog.Nop())
 
 			j.current.Store(1) // the provider rotates
-			next := signed(t, j.keys[1], "k1")
+			next := idpToken(t, jwt.SigningMethodRS256, j.keys[1], "k1", "idp")
 			if _, err := tokens.Verify(next); err == nil {
 				t.Fatal("the new key verified before chatd loaded it")
 			}
@@ -105,27 +105,11 @@ func TestOutsideKeysReload(t *testing.T) {
 				case <-time.After(time.Millisecond):
 				}
 			}
-			if _, err := tokens.Verify(signed(t, j.keys[0], "k0")); err == nil {
+			if _, err := tokens.Verify(idpToken(t, jwt.SigningMethodRS256, j.keys[0], "k0", "idp")); err == nil {
 				t.Error("the withdrawn key still verifies")
 			}
 		})
 	}
-}
-
-// signed is a token for chatd signed with key under kid, issuer "idp".
-func signed(t *testing.T, key *rsa.PrivateKey, kid string) string {
-	t.Helper()
-	now := time.Now()
-	tok := jwt.NewWithClaims(jwt.SigningMethodRS256, jwt.MapClaims{
-		"iss": "idp", "aud": "chatd", "sub": "s", "name": "rotating", "jti": kid + now.String(), "sid": "x",
-		"iat": now.Unix(), "nbf": now.Unix(), "exp": now.Add(time.Minute).Unix(),
-	})
-	tok.Header["kid"] = kid
-	s, err := tok.SignedString(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
 }
 
 // A JWKS document past the size cap is refused, not read whole.
