@@ -60,20 +60,28 @@ func (c *sockConn) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// plainClose returns gws's close frame p with a reason fit for the peer.
-// gws closes 1000 with the text of whatever ended its read loop; for the
-// idle timeout that is "read tcp <server address>-><peer address>: i/o
-// timeout", which shows the server's own address to the world.
+// plainClose returns gws's close frame p with the reason PROTOCOL.md
+// recommends, or one fit for the peer. gws closes 1007 and 1009 with texts
+// of its own ("gws: invalid text encoding"), and 1000 with the text of
+// whatever ended its read loop: for the idle timeout, "read tcp <server
+// address>-><peer address>: i/o timeout", the server's own address shown
+// to the world.
 func plainClose(p []byte) []byte {
-	if len(p) < 4 || p[0] != 0x80|opClose || p[1] > 125 || int(p[1])+2 != len(p) ||
-		binary.BigEndian.Uint16(p[2:4]) != 1000 || len(p) == 4 {
-		return p // not gws's 1000 with a reason: its texts for 1002, 1007, 1009 are its own
+	if len(p) < 4 || p[0] != 0x80|opClose || p[1] > 125 || int(p[1])+2 != len(p) {
+		return p // not a close frame with a code: the echo of an empty close
 	}
-	reason := ""
-	if bytes.Contains(p[4:], []byte("timeout")) {
-		reason = "idle timeout"
+	switch code := binary.BigEndian.Uint16(p[2:4]); code {
+	case 1007:
+		return closeFrame(code, "invalid UTF-8")
+	case 1009:
+		return closeFrame(code, "message too big")
+	case 1000:
+		if bytes.Contains(p[4:], []byte("timeout")) {
+			return closeFrame(code, "idle timeout")
+		}
+		return closeFrame(code, "")
 	}
-	return closeFrame(1000, reason)
+	return p
 }
 
 // claimClose reports whether the caller may write the connection's close

@@ -359,15 +359,15 @@ func TestCloseCodes(t *testing.T) {
 	t.Run("invalid utf-8 1007", func(t *testing.T) {
 		c := e.dial(e.token("b"))
 		_ = c.conn.WriteMessage(gws.OpcodeText, []byte{'h', 0xff, 0xfe})
-		if ev := c.waitClose(5 * time.Second); ev.code != 1007 {
-			t.Fatalf("close %d", ev.code)
+		if ev := c.waitClose(5 * time.Second); ev.code != 1007 || ev.reason != "invalid UTF-8" {
+			t.Fatalf("close %d %q, want 1007 \"invalid UTF-8\"", ev.code, ev.reason)
 		}
 	})
 	t.Run("too big 1009", func(t *testing.T) {
 		c := e.dial(e.token("c"))
 		_ = c.conn.WriteString(strings.Repeat("x", 1025))
-		if ev := c.waitClose(5 * time.Second); ev.code != 1009 {
-			t.Fatalf("close %d", ev.code)
+		if ev := c.waitClose(5 * time.Second); ev.code != 1009 || ev.reason != "message too big" {
+			t.Fatalf("close %d %q, want 1009 \"message too big\"", ev.code, ev.reason)
 		}
 	})
 	// Every frame counts against the rate limit, pings included: a ping
