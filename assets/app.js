@@ -515,8 +515,10 @@
     const kind = room.pendingHistory || 'latest';
     room.pendingHistory = null;
     const msgs = Array.isArray(f.messages) ? f.messages : [];
-    // A short page means the server has nothing older.
-    if (msgs.length < HISTORY_PAGE) room.noMoreOlder = true;
+    // Only an empty page, or one that reaches seq 1, means there is nothing
+    // older: the server cuts a page to its send queue's budget, so a short
+    // page may still have older messages behind it.
+    if (msgs.length === 0 || msgs[0].seq === 1) room.noMoreOlder = true;
     room.historyLoaded = true;
     let added = 0;
     for (const m of msgs) if (addMessage(room, m)) added++;

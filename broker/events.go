@@ -72,25 +72,22 @@ func (b *Broker) OnClose(c *gws.Conn, err error) {
 }
 
 // OnPing implements gws.Event: the pong goes through the outbox like every
-// other frame, so the read loop never blocks on a write. A ping counts
-// against the rate limit like any frame: a flood of them would otherwise
-// cost a pong each, and a core.
+// other frame, so the read loop never blocks on a write. A ping is always
+// answered (RFC 6455 5.5.2), but counts against the rate limit: one past
+// it is a strike toward the 1008 close, without an error frame (which
+// would cost more than the pong). A flood of pings had cost a core.
 func (b *Broker) OnPing(c *gws.Conn, payload []byte) {
 	s := sessionOf(c)
 	now := time.Now()
 	s.touch(now)
-	if s.allow(now, nil) {
-		s.send(frame(opPong, payload))
+	s.send(frame(opPong, payload))
+	if !s.limiter.AllowN(now, 1) {
+		s.strike(now)
 	}
 }
 
-// OnPong implements gws.Event; a pong counts against the rate limit too.
-func (b *Broker) OnPong(c *gws.Conn, _ []byte) {
-	s := sessionOf(c)
-	now := time.Now()
-	s.touch(now)
-	s.allow(now, nil)
-}
+// OnPong implements gws.Event.
+func (b *Broker) OnPong(c *gws.Conn, _ []byte) { sessionOf(c).touch(time.Now()) }
 
 // OnMessage implements gws.Event.
 func (b *Broker) OnMessage(c *gws.Conn, m *gws.Message) {

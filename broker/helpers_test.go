@@ -97,6 +97,7 @@ type client struct {
 	closed chan closeEvent
 	stall  atomic.Bool // when set, OnMessage blocks until resume closes (a reader that stops reading)
 	resume chan struct{}
+	pongs  atomic.Int32 // pongs received
 }
 
 type closeEvent struct {
@@ -107,7 +108,7 @@ type closeEvent struct {
 
 func (c *client) OnOpen(*gws.Conn)                {}
 func (c *client) OnPing(conn *gws.Conn, p []byte) { _ = conn.WritePong(p) }
-func (c *client) OnPong(*gws.Conn, []byte)        {}
+func (c *client) OnPong(*gws.Conn, []byte)        { c.pongs.Add(1) }
 func (c *client) OnClose(_ *gws.Conn, err error) {
 	ev := closeEvent{at: time.Now()}
 	var ce *gws.CloseError

@@ -101,6 +101,15 @@ func (s *Session) allow(now time.Time, id []byte) bool {
 	if s.limiter.AllowN(now, 1) {
 		return true
 	}
+	if s.strike(now) {
+		s.sendError(CodeRateLimited, "too many messages; slow down", id)
+	}
+	return false
+}
+
+// strike records a frame over the rate limit. The one after maxStrikes
+// within strikeWindow closes the socket 1008, and strike reports false.
+func (s *Session) strike(now time.Time) bool {
 	if len(s.strikes) == maxStrikes && now.Sub(s.strikes[0]) < strikeWindow {
 		s.close(ClosePolicy, false, nil)
 		return false
@@ -109,8 +118,7 @@ func (s *Session) allow(now time.Time, id []byte) bool {
 		s.strikes = append(s.strikes[:0], s.strikes[1:]...)
 	}
 	s.strikes = append(s.strikes, now)
-	s.sendError(CodeRateLimited, "too many messages; slow down", id)
-	return false
+	return true
 }
 
 // member returns the joined room called name, or answers the request

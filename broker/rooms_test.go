@@ -371,19 +371,41 @@ func TestCloseCodes(t *testing.T) {
 		}
 	})
 	// Every frame counts against the rate limit, pings included: a ping
-	// flood would otherwise cost a pong each, and a core.
-	for kind, write := range map[string]func(*gws.Conn) error{
-		"text": func(c *gws.Conn) error { return c.WriteString("spam") },
-		"ping": func(c *gws.Conn) error { return c.WritePing([]byte("p")) },
-	} {
-		t.Run(kind+" flood 1008", func(t *testing.T) { flood(t, write) })
+	// flood would otherwise cost a pong each, and a core. Pings get no
+	// error frame, only strikes.
+	t.Run("text flood 1008", func(t *testing.T) {
+		flood(t, func(c *gws.Conn) error { return c.WriteString("spam") }, 10)
+	})
+	t.Run("ping flood 1008", func(t *testing.T) {
+		flood(t, func(c *gws.Conn) error { return c.WritePing([]byte("p")) }, 0)
+	})
+}
+
+// A ping past the rate limit is still answered (RFC 6455 5.5.2), and gets
+// no error frame: the next frame's error is the first one the client sees.
+func TestPingAtTheLimitIsAnswered(t *testing.T) {
+	e := newEnv(t, broker.Options{RateLimit: 1}) // burst 2, a token back a second
+	c := e.dial(e.token("pinger"))
+	for range 2 {
+		c.send(map[string]any{"type": "who", "room": "general"})
+		c.expect("presence")
+	}
+	if err := c.conn.WritePing([]byte("still there?")); err != nil {
+		t.Fatal(err)
+	}
+	c.send(map[string]any{"type": "who", "room": "general", "id": "after"})
+	if f := c.expect("error"); f.str("code") != "rate_limited" || f.str("id") != "after" {
+		t.Fatalf("first error after the ping: %v, want the next frame's rate_limited", f)
+	}
+	if n := c.pongs.Load(); n != 1 {
+		t.Fatalf("%d pongs for the ping past the limit, want 1", n)
 	}
 }
 
 // flood sends 200 frames with write as fast as it can, and checks that the
-// socket gets rate_limited errors, then close 1008, while another socket
-// goes on chatting.
-func flood(t *testing.T, write func(*gws.Conn) error) {
+// socket gets at least wantErrors rate_limited errors, then close 1008, while
+// another socket goes on chatting.
+func flood(t *testing.T, write func(*gws.Conn) error, wantErrors int) {
 	e := newEnv(t, broker.Options{RateLimit: 5})
 	c := e.dial(e.token("flooder"))
 	bystander := e.dial(e.token("bystander"))
@@ -408,8 +430,8 @@ func flood(t *testing.T, write func(*gws.Conn) error) {
 					limited++
 				}
 			}
-			if ev.code != 1008 || limited < 10 {
-				t.Fatalf("close %d after %d rate_limited errors, want 1008 after 10", ev.code, limited)
+			if ev.code != 1008 || limited < wantErrors {
+				t.Fatalf("close %d after %d rate_limited errors, want 1008 after %d", ev.code, limited, wantErrors)
 			}
 		case <-time.After(5 * time.Second):
 			t.Fatal("flooder not closed")
