@@ -77,8 +77,8 @@ the server's --jwt-secret, so a run does not wait on logins; --login logs in
 (registering the --users as needed) with --password over HTTP instead.
 
 The target chatd must allow the load:
-  chatd --addr 127.0.0.1:3000 --jwt-secret "$SECRET" --history memory \
-        --rate-limit 100000 --max-sockets 0
+  chatd --addr 127.0.0.1:3000 --data-dir /tmp/chatd-bench --jwt-secret "$SECRET" \
+        --history memory --rate-limit 100000 --max-sockets 0
 (--rate-limit: each sender sends hundreds of messages a second; the default
 20/s refuses them. --history memory: fan-out without a disk in the way.)
 Pin them apart for clean figures: taskset -c 0 chatd ..., taskset -c 1 chatbench ...
@@ -115,13 +115,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	fs, o := newFlags(cmd)
 	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: chatbench %s [flags]\n\n", cmd)
-		fs.PrintDefaults()
-	}
+	// The flag package prints a bad flag's error and then Usage: a short
+	// line, so that the error stays on the screen; -h gets the whole list.
+	fs.Usage = func() { fmt.Fprintf(stderr, "(chatbench %s -h lists the flags)\n", cmd) }
 	if err := fs.Parse(args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintf(stderr, "Usage: chatbench %s [flags]\n\n", cmd)
+			fs.PrintDefaults()
 			return 0
+		}
+		if strings.Contains(err.Error(), "parse error") && durationFlag(fs, err) {
+			fmt.Fprintln(stderr, "(durations take a unit: 5s, 500ms, 2m)")
 		}
 		return 2
 	}
@@ -232,4 +236,17 @@ func readCommands(in *bufio.Reader, runs chan<- time.Time, stop func()) {
 			return
 		}
 	}
+}
+
+// durationFlag reports whether err, from fs.Parse, is about a duration flag.
+func durationFlag(fs *flag.FlagSet, err error) bool {
+	found := false
+	fs.VisitAll(func(f *flag.Flag) {
+		if strings.Contains(err.Error(), "flag -"+f.Name+":") {
+			if g, ok := f.Value.(flag.Getter); ok {
+				_, found = g.Get().(time.Duration)
+			}
+		}
+	})
+	return found
 }

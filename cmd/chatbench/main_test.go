@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -181,6 +182,8 @@ func TestRefusals(t *testing.T) {
 		{[]string{"fanout", "--secret", "short"}, "shorter than 32"},
 		{[]string{"connect", "--secret", testSecret, "--sockets", "40000"}, "--procs 3"},
 		{[]string{"blast"}, "unknown command"},
+		{[]string{"connect", "--secret", testSecret, "--sockets", "0"}, "--sockets must be at least 1"},
+		{[]string{"fanout", "--secret", testSecret, "--duration", "5"}, "durations take a unit"},
 	} {
 		var stdout, stderr bytes.Buffer
 		if code := run(context.Background(), tc.args, &stdout, &stderr); code != 2 {
@@ -190,9 +193,56 @@ func TestRefusals(t *testing.T) {
 			t.Errorf("%v: stderr %q lacks %q", tc.args, stderr.String(), tc.want)
 		}
 	}
+	// A bad flag's error is not buried under the list of every flag; no
+	// error names a flag that was not given.
+	var out bytes.Buffer
+	run(context.Background(), []string{"fanout", "--secret", testSecret, "--duration", "5"}, &out, &out)
+	if strings.Contains(out.String(), "-window") {
+		t.Errorf("a bad flag value printed the flag list:\n%s", out.String())
+	}
+	out.Reset()
+	run(context.Background(), []string{"connect", "--secret", testSecret, "--sockets", "0"}, &out, &out)
+	if strings.Contains(out.String(), "--senders") {
+		t.Errorf("--sockets 0 blamed --senders: %s", out.String())
+	}
+	out.Reset()
+	t.Setenv("CHATBENCH_SECRET", testSecret)
+	run(context.Background(), []string{"paced", "--login"}, &out, &out)
+	if !strings.Contains(out.String(), "CHATBENCH_SECRET is set") {
+		t.Errorf("--login with CHATBENCH_SECRET set: %s", out.String())
+	}
+
 	var stdout, stderr bytes.Buffer
 	if code := run(context.Background(), []string{"--help"}, &stdout, &stderr); code != 0 ||
 		!strings.Contains(stderr.String(), "Commands:") || !strings.Contains(stderr.String(), "-rate-limit 100000") {
 		t.Errorf("--help: exit %d, %q", code, stderr.String())
+	}
+}
+
+// A run in which no socket connects stops after the connect phase and says
+// what is likely wrong, instead of running its whole length on nothing.
+func TestNoSocketConnectedFailsFast(t *testing.T) {
+	url := startChatd(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := "ws://" + ln.Addr().String() + "/ws"
+	ln.Close()
+	for _, tc := range []struct {
+		name, url, secret, want string
+	}{
+		{"a wrong secret", url, strings.Repeat("w", 32), "--jwt-secret"},
+		{"no chatd there", closed, testSecret, "is chatd running"},
+	} {
+		var stdout, stderr bytes.Buffer
+		start := time.Now()
+		code := run(context.Background(), []string{"fanout", "--url", tc.url, "--secret", tc.secret, "--sockets", "20", "--duration", "30s", "--quiet"}, &stdout, &stderr)
+		if code == 0 || !strings.Contains(stderr.String(), "no socket connected") || !strings.Contains(stderr.String(), tc.want) {
+			t.Errorf("%s: exit %d, stderr %q; want a failure naming %q", tc.name, code, stderr.String(), tc.want)
+		}
+		if d := time.Since(start); d > 20*time.Second {
+			t.Errorf("%s: took %v, the whole run's length", tc.name, d)
+		}
 	}
 }

@@ -137,8 +137,10 @@ func (o *options) finish() error {
 			o.readBuffer = 4096
 		}
 	}
+	fromEnv := false
 	if o.secret == "" {
 		o.secret = os.Getenv("CHATBENCH_SECRET")
+		fromEnv = o.secret != ""
 	}
 	if o.secretFile != "" {
 		data, err := os.ReadFile(o.secretFile)
@@ -151,6 +153,8 @@ func (o *options) finish() error {
 	switch {
 	case o.secret == "" && !o.login:
 		errs = append(errs, errors.New("give --secret (the server's --jwt-secret) to mint tokens, or --login to log in"))
+	case o.secret != "" && o.login && fromEnv:
+		errs = append(errs, errors.New("CHATBENCH_SECRET is set, and --login too: unset it, or drop --login"))
 	case o.secret != "" && o.login:
 		errs = append(errs, errors.New("give --secret or --login, not both"))
 	case o.secret != "" && len(o.secret) < 32:
@@ -172,7 +176,7 @@ func (o *options) finish() error {
 	if o.users < 1 {
 		errs = append(errs, errors.New("--users must be at least 1"))
 	}
-	if o.senders > o.sockets {
+	if o.senders > o.sockets && o.sockets >= 1 {
 		errs = append(errs, errors.New("--senders must not pass --sockets"))
 	}
 	if o.size < 24 || o.size > 4096 {
@@ -233,6 +237,11 @@ func (o *options) tokens(ctx context.Context, stderr io.Writer) ([]string, error
 		client := &http.Client{Timeout: 30 * time.Second}
 		deadline := time.Now().Add(min(o.limit, 5*time.Minute))
 		out := make([]string, o.users)
+		if !o.quiet {
+			// Each login (and first registration) is a bcrypt check on the
+			// server, tens of milliseconds: hundreds of users take a while.
+			fmt.Fprintf(stderr, "logging in %d users over HTTP (a bcrypt check each on chatd; --secret skips this)...\n", o.users)
+		}
 		for i := range out {
 			if ctx.Err() != nil {
 				return nil, ctx.Err()

@@ -208,7 +208,7 @@ func summarize(o *options, results []*result, mem serverMemory) *summary {
 		}
 	}
 	if len(s.Closes) > 0 {
-		s.Problems = append(s.Problems, fmt.Sprintf("sockets closed by the server unexpectedly: %v", s.Closes))
+		s.Problems = append(s.Problems, "sockets closed by the server unexpectedly: "+closesString(s.Closes))
 	}
 	if mem.after != nil {
 		a := mem.after
@@ -249,7 +249,7 @@ func printTable(w io.Writer, s *summary) {
 	}
 	if m := s.Messages; m != nil {
 		row("senders", fmt.Sprint(m.Senders))
-		row("messages sent", fmt.Sprint(m.Sent))
+		row("messages sent", fmt.Sprintf("%d (warm-up included)", m.Sent))
 		row("deliveries/s", fmt.Sprintf("%.0f (over %.1f s)", m.DeliveriesPerSecond, m.WindowSeconds))
 		row("latency p50/p90/p99", fmt.Sprintf("%.2f / %.2f / %.2f ms", m.P50, m.P90, m.P99))
 		row("latency p99.9/max", fmt.Sprintf("%.2f / %.2f ms", m.P999, m.Max))
@@ -309,6 +309,30 @@ func mapString[V any](m map[string]V, format string) string {
 	parts := make([]string, 0, len(m))
 	for _, k := range slices.Sorted(maps.Keys(m)) {
 		parts = append(parts, fmt.Sprintf(format, k, m[k]))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// closeMeanings say, for the close codes a load run can meet, what chatd
+// meant and what to change.
+var closeMeanings = map[string]string{
+	"1001": "the server shut down",
+	"1008": "over the server's --rate-limit; start chatd with --rate-limit 100000",
+	"1009": "a message over the server's --max-message-bytes",
+	"4001": "token expired; mint longer ones or use a longer --token-ttl",
+	"4003": "token revoked",
+	"4008": "slow consumer: this process read too slowly (fewer --sockets, or --procs)",
+}
+
+// closesString lists close codes with their counts and meanings.
+func closesString(closes map[string]int) string {
+	parts := make([]string, 0, len(closes))
+	for _, code := range slices.Sorted(maps.Keys(closes)) {
+		part := fmt.Sprintf("%d × %s", closes[code], code)
+		if meaning, ok := closeMeanings[code]; ok {
+			part += " (" + meaning + ")"
+		}
+		parts = append(parts, part)
 	}
 	return strings.Join(parts, ", ")
 }

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -178,7 +179,29 @@ func (w *worker) connect(ctx context.Context) error {
 	if ctx.Err() != nil {
 		return fmt.Errorf("stopped while connecting: %w", ctx.Err())
 	}
+	if w.res.Connected == 0 && p.Count > 0 {
+		// Nothing to measure: say why now, not after the run's whole length.
+		return fmt.Errorf("no socket connected (%s)%s", mapString(w.res.DialErrors, "%s: %d"), dialHint(w.res.DialErrors))
+	}
 	return nil
+}
+
+// dialHint says what a new user most likely got wrong, given why the dials
+// failed.
+func dialHint(kinds map[string]int) string {
+	for kind := range kinds {
+		switch {
+		case strings.HasPrefix(kind, "401"):
+			return "; is --secret the server's --jwt-secret (with --login: are the users' passwords right)?"
+		case strings.Contains(kind, "connection refused"):
+			return "; is chatd running at --url?"
+		case strings.HasPrefix(kind, "403"):
+			return "; the server refuses this Origin (its --allowed-origins)"
+		case strings.HasPrefix(kind, "503"):
+			return "; the server is draining or at its --max-sockets"
+		}
+	}
+	return ""
 }
 
 // dialErrorKind groups dial errors for the report.
