@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/chatd/chatd/authn"
+	"github.com/chatd/chatd/bench/load"
 	"github.com/chatd/chatd/broker"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -244,5 +246,26 @@ func TestNoSocketConnectedFailsFast(t *testing.T) {
 		if d := time.Since(start); d > 20*time.Second {
 			t.Errorf("%s: took %v, the whole run's length", tc.name, d)
 		}
+	}
+}
+
+// Memory figures that cannot be trusted are qualified, not failed: a
+// server whose memory shrank (it had served earlier runs), or one whose
+// /metrics could not be read.
+func TestMemoryNotes(t *testing.T) {
+	o := &options{cmd: "connect", sockets: 10, procs: 1, clock: "arrival"}
+	r := &result{Connected: 10, Handshake: load.NewHist(), Latency: load.NewHist(), Lateness: load.NewHist(), LateRead: load.NewHist()}
+	for name, mem := range map[string]serverMemory{
+		"shrank":     {RSS: 50 << 20, Heap: 20 << 20, after: &serverMemory{RSS: 40 << 20, Heap: 19 << 20}},
+		"no metrics": {err: errors.New("connection refused")},
+	} {
+		s := summarize(o, []*result{r}, mem)
+		if !s.OK || len(s.Notes) != 1 {
+			t.Errorf("%s: ok %v, notes %q; want ok with one note", name, s.OK, s.Notes)
+		}
+	}
+	grew := summarize(o, []*result{r}, serverMemory{RSS: 50 << 20, Heap: 20 << 20, after: &serverMemory{RSS: 51 << 20, Heap: 21 << 20}})
+	if len(grew.Notes) != 0 || grew.Server.RSSPerSocket <= 0 {
+		t.Errorf("a server that grew: notes %q, RSS per socket %v", grew.Notes, grew.Server.RSSPerSocket)
 	}
 }

@@ -139,7 +139,10 @@ func orchestrate(ctx context.Context, o *options, stderr io.Writer) (*summary, e
 	base, _ := load.HTTPBase(o.url)
 	var memBefore serverMemory
 	if !o.noMetrics && (o.cmd == "connect" || o.cmd == "soak") {
-		memBefore, _ = scrapeMemory(base)
+		var err error
+		if memBefore, err = scrapeMemory(base); err != nil {
+			memBefore.err = err
+		}
 	}
 
 	events := make(chan event, 1024)
@@ -208,13 +211,16 @@ func orchestrate(ctx context.Context, o *options, stderr io.Writer) (*summary, e
 			if bar != nil {
 				_ = bar.Finish()
 			}
-			var memAfter serverMemory
 			if !o.noMetrics && o.cmd == "connect" {
 				// Let the server finish its handshake work (and, with a long
 				// settle, collect its garbage) before reading.
 				sleep(ctx, o.settle)
-				memAfter, _ = scrapeMemory(base)
-				memBefore.after = &memAfter
+				memAfter, err := scrapeMemory(base)
+				if err != nil {
+					memBefore.err = err
+				} else if memBefore.err == nil {
+					memBefore.after = &memAfter
+				}
 			}
 			if o.cmd == "expiry" && o.secret != "" {
 				probe = o.startProbe(stderr)
@@ -236,7 +242,9 @@ func orchestrate(ctx context.Context, o *options, stderr io.Writer) (*summary, e
 	}
 	if !o.noMetrics && o.cmd == "soak" {
 		after, err := scrapeMemory(base)
-		if err == nil {
+		if err != nil {
+			memBefore.err = err
+		} else if memBefore.err == nil {
 			memBefore.after = &after
 		}
 	}
@@ -293,6 +301,7 @@ type serverMemory struct {
 	RSS   float64 `json:"rss_bytes"`
 	Heap  float64 `json:"heap_inuse_bytes"`
 	after *serverMemory
+	err   error // why /metrics could not be read, before or after
 }
 
 // scrapeMemory reads process_resident_memory_bytes and

@@ -24,6 +24,9 @@ type summary struct {
 	DialErrors map[string]int `json:"dial_errors,omitempty"`
 	OK         bool           `json:"ok"`
 	Problems   []string       `json:"problems,omitempty"`
+	// Notes qualify a figure without failing the run (a memory figure
+	// from a server that is not fresh, or none at all).
+	Notes []string `json:"notes,omitempty"`
 
 	Handshake *handshakeSummary `json:"handshake,omitempty"`
 	Messages  *messageSummary   `json:"messages,omitempty"`
@@ -218,8 +221,15 @@ func summarize(o *options, results []*result, mem serverMemory) *summary {
 		if o.cmd == "connect" && s.Connected > 0 {
 			ms.RSSPerSocket = (a.RSS - mem.RSS) / float64(s.Connected)
 			ms.HeapPerSocket = (a.Heap - mem.Heap) / float64(s.Connected)
+			if ms.RSSPerSocket <= 0 || ms.HeapPerSocket <= 0 {
+				s.Notes = append(s.Notes, "the server's memory did not grow with the sockets: a chatd that has served "+
+					"earlier runs returns their memory meanwhile; start a fresh one for the per-socket figures")
+			}
 		}
 		s.Server = ms
+	}
+	if mem.err != nil {
+		s.Notes = append(s.Notes, fmt.Sprintf("no memory figures: the server's /metrics could not be read (%v); --no-metrics skips them", mem.err))
 	}
 	for _, p := range load.MergeTimelines(lines...) {
 		if p.Delivered == 0 && p.Latency.Count() == 0 {
@@ -295,6 +305,9 @@ func printTable(w io.Writer, s *summary) {
 	}
 	if len(s.Closes) > 0 {
 		row("unexpected closes", mapString(s.Closes, "%s: %d"))
+	}
+	for _, n := range s.Notes {
+		row("note", n)
 	}
 	verdict := "ok"
 	if !s.OK {
