@@ -163,6 +163,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintln(stderr, "chatbench: plot:", err)
 			return 1
 		}
+		if !o.quiet {
+			fmt.Fprintln(stderr, "chatbench: plot written to", o.plot)
+		}
 	}
 	if o.json {
 		enc := json.NewEncoder(stdout)

@@ -20,9 +20,11 @@ func plotTimeline(path string, s *summary) error {
 		return errors.New("no timeline to plot (connect and expiry runs send no messages)")
 	}
 	line := s.Timeline
+	xLabel := "seconds"
 	if len(line) > 3 {
 		// The first and last seconds are partial: they would plot as dips.
 		line = line[1 : len(line)-1]
+		xLabel = "seconds (whole ones: the partial first and last are left out)"
 	}
 	t0 := line[0].Unix
 	rate := make(plotter.XYs, len(line))
@@ -39,7 +41,7 @@ func plotTimeline(path string, s *summary) error {
 
 	top := plot.New()
 	top.Title.Text = fmt.Sprintf("chatbench %s: %d sockets, %d process(es)", s.Command, s.Connected, s.Procs)
-	top.X.Label.Text = "seconds"
+	top.X.Label.Text = xLabel
 	top.Y.Label.Text = "deliveries/s"
 	top.Y.Min = 0
 	top.Add(plotter.NewGrid())
@@ -52,7 +54,7 @@ func plotTimeline(path string, s *summary) error {
 	top.Add(rl)
 
 	bottom := plot.New()
-	bottom.X.Label.Text = "seconds"
+	bottom.X.Label.Text = xLabel
 	bottom.Y.Label.Text = "latency (ms)"
 	bottom.Y.Min = 0
 	bottom.Add(plotter.NewGrid())
