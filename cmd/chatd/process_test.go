@@ -534,12 +534,12 @@ func TestShortSessionMax(t *testing.T) {
 }
 
 // TestWSRateLimitFlag: --ws-rate-limit (here from its variable) reaches
-// the broker: the third /ws request in a burst of 2 gets 429 with
-// Retry-After.
+// the broker: at 0.5 a second (burst 1), the second /ws request gets 429
+// with Retry-After.
 func TestWSRateLimitFlag(t *testing.T) {
-	p := startChatdEnv(t, t.TempDir(), []string{"CHATD_WS_RATE_LIMIT=1"})
+	p := startChatdEnv(t, t.TempDir(), []string{"CHATD_WS_RATE_LIMIT=0.5"})
 	var last *http.Response
-	for range 3 {
+	for range 2 {
 		resp, err := http.Get(p.url("/ws")) // no token: 401 while allowed
 		if err != nil {
 			t.Fatal(err)
@@ -548,7 +548,7 @@ func TestWSRateLimitFlag(t *testing.T) {
 		last = resp
 	}
 	if last.StatusCode != http.StatusTooManyRequests || last.Header.Get("Retry-After") == "" {
-		t.Fatalf("third /ws request in a burst of 2: %d, Retry-After %q; want 429", last.StatusCode, last.Header.Get("Retry-After"))
+		t.Fatalf("second /ws request in a burst of 1: %d, Retry-After %q; want 429", last.StatusCode, last.Header.Get("Retry-After"))
 	}
 	p.stop()
 }
