@@ -384,9 +384,9 @@ func TestCloseCodes(t *testing.T) {
 // A ping past the rate limit is still answered (RFC 6455 5.5.2), and gets
 // no error frame: the next frame's error is the first one the client sees.
 func TestPingAtTheLimitIsAnswered(t *testing.T) {
-	e := newEnv(t, broker.Options{RateLimit: 1}) // burst 2, a token back a second
+	e := newEnv(t, broker.Options{RateLimit: 0.5}) // burst 1, a token back every 2 s
 	c := e.dial(e.token("pinger"))
-	for range 2 {
+	for range 1 {
 		c.send(map[string]any{"type": "who", "room": "general"})
 		c.expect("presence")
 	}
