@@ -83,7 +83,8 @@ bench() { # NAME ARGS...: RUNS runs into $OUT/NAME.N.json
 }
 
 median() { # NAME JQ-EXPR
-	for f in "$OUT/$1".*.json; do jq -r "$2" "$f"; done | sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'
+	# A figure a run left out (null) is no value: it does not enter the median.
+	for f in "$OUT/$1".*.json; do jq -r "($2) // empty" "$f"; done | sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'
 }
 
 figures=("$@")

@@ -115,9 +115,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	fs, o := newFlags(cmd)
 	fs.SetOutput(stderr)
-	// The flag package prints a bad flag's error and then Usage: a short
-	// line, so that the error stays on the screen; -h gets the whole list.
-	fs.Usage = func() { fmt.Fprintf(stderr, "(chatbench %s -h lists the flags)\n", cmd) }
+	// The flag package prints a bad flag's error and then Usage: nothing
+	// more, so that the error stays on the screen; -h gets the whole list.
+	fs.Usage = func() {}
 	if err := fs.Parse(args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprintf(stderr, "Usage: chatbench %s [flags]\n\n", cmd)
@@ -127,6 +127,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		if strings.Contains(err.Error(), "parse error") && durationFlag(fs, err) {
 			fmt.Fprintln(stderr, "(durations take a unit: 5s, 500ms, 2m)")
 		}
+		fmt.Fprintf(stderr, "(chatbench %s -h lists the flags)\n", cmd)
 		return 2
 	}
 	if fs.NArg() > 0 {
@@ -210,9 +211,9 @@ func runWorkerProcess(stdin io.Reader, stdout io.Writer) error {
 	defer w.close()
 	if err := w.connect(ctx); err != nil {
 		emit(event{Error: err.Error()})
-		return err
+		return nil // the parent reports it
 	}
-	emit(event{Ready: true})
+	emit(w.ready())
 	var start time.Time
 	select {
 	case start = <-runs:

@@ -232,16 +232,17 @@ func TestNoSocketConnectedFailsFast(t *testing.T) {
 	closed := "ws://" + ln.Addr().String() + "/ws"
 	ln.Close()
 	for _, tc := range []struct {
-		name, url, secret, want string
+		name, url, secret, procs, want string
 	}{
-		{"a wrong secret", url, strings.Repeat("w", 32), "--jwt-secret"},
-		{"no chatd there", closed, testSecret, "is chatd running"},
+		{"a wrong secret", url, strings.Repeat("w", 32), "1", "--jwt-secret"},
+		{"no chatd there", closed, testSecret, "1", "is chatd running"},
+		{"no chatd there, two processes", closed, testSecret, "2", "connection refused: 20"}, // both workers' errors, merged
 	} {
 		var stdout, stderr bytes.Buffer
 		start := time.Now()
-		code := run(context.Background(), []string{"fanout", "--url", tc.url, "--secret", tc.secret, "--sockets", "20", "--duration", "30s", "--quiet"}, &stdout, &stderr)
-		if code == 0 || !strings.Contains(stderr.String(), "no socket connected") || !strings.Contains(stderr.String(), tc.want) {
-			t.Errorf("%s: exit %d, stderr %q; want a failure naming %q", tc.name, code, stderr.String(), tc.want)
+		code := run(context.Background(), []string{"fanout", "--url", tc.url, "--secret", tc.secret, "--sockets", "20", "--procs", tc.procs, "--duration", "30s", "--quiet"}, &stdout, &stderr)
+		if code == 0 || strings.Count(stderr.String(), "no socket connected") != 1 || !strings.Contains(stderr.String(), tc.want) {
+			t.Errorf("%s: exit %d, stderr %q; want one failure naming %q", tc.name, code, stderr.String(), tc.want)
 		}
 		if d := time.Since(start); d > 20*time.Second {
 			t.Errorf("%s: took %v, the whole run's length", tc.name, d)
@@ -263,6 +264,11 @@ func TestMemoryNotes(t *testing.T) {
 		if !s.OK || len(s.Notes) != 1 {
 			t.Errorf("%s: ok %v, notes %q; want ok with one note", name, s.OK, s.Notes)
 		}
+	}
+	shrank := summarize(o, []*result{r}, serverMemory{RSS: 50 << 20, Heap: 20 << 20, after: &serverMemory{RSS: 40 << 20, Heap: 21 << 20}})
+	if shrank.Server.RSSPerSocket != 0 || shrank.Server.HeapPerSocket <= 0 || !strings.Contains(shrank.Notes[0], "RSS did not grow") {
+		t.Errorf("RSS fell, heap grew: RSS %v, heap %v per socket, notes %q; want RSS left out, heap kept, a note naming RSS",
+			shrank.Server.RSSPerSocket, shrank.Server.HeapPerSocket, shrank.Notes)
 	}
 	grew := summarize(o, []*result{r}, serverMemory{RSS: 50 << 20, Heap: 20 << 20, after: &serverMemory{RSS: 51 << 20, Heap: 21 << 20}})
 	if len(grew.Notes) != 0 || grew.Server.RSSPerSocket <= 0 {

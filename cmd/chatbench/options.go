@@ -148,6 +148,7 @@ func (o *options) finish() error {
 			return fmt.Errorf("--secret-file: %w", err)
 		}
 		o.secret = strings.TrimRight(strings.SplitN(string(data), "\n", 2)[0], "\r")
+		fromEnv = false
 	}
 	var errs []error
 	switch {

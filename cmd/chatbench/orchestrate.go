@@ -44,7 +44,7 @@ func startLocal(ctx context.Context, p *plan, events chan<- event) *localRunner 
 			events <- event{Worker: p.Worker, Error: err.Error()}
 			return
 		}
-		events <- event{Worker: p.Worker, Ready: true}
+		events <- w.ready()
 		select {
 		case at := <-r.runs:
 			events <- event{Worker: p.Worker, Result: w.run(ctx, at)}
@@ -183,7 +183,8 @@ func orchestrate(ctx context.Context, o *options, stderr io.Writer) (*summary, e
 			probe.Stop()
 		}
 	}()
-	ready := 0
+	ready, connected := 0, 0
+	dialErrors := map[string]int{}
 	results := make([]*result, 0, len(runners))
 	var failures []string
 	started := false
@@ -201,6 +202,10 @@ func orchestrate(ctx context.Context, o *options, stderr io.Writer) (*summary, e
 			}
 		case ev.Ready:
 			ready++
+			connected += ev.Connected
+			for k, v := range ev.DialErrors {
+				dialErrors[k] += v
+			}
 		case ev.Result != nil:
 			results = append(results, ev.Result)
 		case ev.Error != "":
@@ -210,6 +215,10 @@ func orchestrate(ctx context.Context, o *options, stderr io.Writer) (*summary, e
 			started = true
 			if bar != nil {
 				_ = bar.Finish()
+			}
+			if connected == 0 {
+				// Nothing to measure: say why now, not after the run's whole length.
+				return nil, fmt.Errorf("no socket connected (%s)%s", mapString(dialErrors, "%s: %d"), dialHint(dialErrors))
 			}
 			if !o.noMetrics && o.cmd == "connect" {
 				// Let the server finish its handshake work (and, with a long

@@ -69,6 +69,11 @@ type event struct {
 	Ready    bool    `json:"ready,omitempty"`
 	Result   *result `json:"result,omitempty"`
 	Error    string  `json:"error,omitempty"`
+
+	// With Ready: how many of the worker's sockets connected, and why the
+	// others did not.
+	Connected  int            `json:"connected,omitempty"`
+	DialErrors map[string]int `json:"dial_errors,omitempty"`
 }
 
 // result is one worker's measurements; the parent merges them.

@@ -221,9 +221,17 @@ func summarize(o *options, results []*result, mem serverMemory) *summary {
 		if o.cmd == "connect" && s.Connected > 0 {
 			ms.RSSPerSocket = (a.RSS - mem.RSS) / float64(s.Connected)
 			ms.HeapPerSocket = (a.Heap - mem.Heap) / float64(s.Connected)
-			if ms.RSSPerSocket <= 0 || ms.HeapPerSocket <= 0 {
-				s.Notes = append(s.Notes, "the server's memory did not grow with the sockets: a chatd that has served "+
-					"earlier runs returns their memory meanwhile; start a fresh one for the per-socket figures")
+			// A figure that fell is no per-socket cost: it is left out.
+			var fell []string
+			if ms.RSSPerSocket <= 0 {
+				fell, ms.RSSPerSocket = append(fell, "RSS"), 0
+			}
+			if ms.HeapPerSocket <= 0 {
+				fell, ms.HeapPerSocket = append(fell, "heap"), 0
+			}
+			if len(fell) > 0 {
+				s.Notes = append(s.Notes, "the server's "+strings.Join(fell, " and ")+" did not grow with the sockets (left out): "+
+					"a chatd that has served earlier runs returns their memory meanwhile; start a fresh one for the per-socket figures")
 			}
 		}
 		s.Server = ms
@@ -285,6 +293,8 @@ func printTable(w io.Writer, s *summary) {
 		row("server heap before/after", fmt.Sprintf("%.1f / %.1f MiB", m.HeapBefore/(1<<20), m.HeapAfter/(1<<20)))
 		if m.RSSPerSocket != 0 {
 			row("server RSS per socket", fmt.Sprintf("%.0f B (%.2f KiB)", m.RSSPerSocket, m.RSSPerSocket/1024))
+		}
+		if m.HeapPerSocket != 0 {
 			row("server heap per socket", fmt.Sprintf("%.0f B (%.2f KiB)", m.HeapPerSocket, m.HeapPerSocket/1024))
 		}
 	}
@@ -304,7 +314,7 @@ func printTable(w io.Writer, s *summary) {
 		row("error frames", mapString(s.Errors, "%s: %d"))
 	}
 	if len(s.Closes) > 0 {
-		row("unexpected closes", mapString(s.Closes, "%s: %d"))
+		row("unexpected closes", closesString(s.Closes))
 	}
 	for _, n := range s.Notes {
 		row("note", n)
@@ -332,7 +342,7 @@ var closeMeanings = map[string]string{
 	"1001": "the server shut down",
 	"1008": "over the server's --rate-limit; start chatd with --rate-limit 100000",
 	"1009": "a message over the server's --max-message-bytes",
-	"4001": "token expired; mint longer ones or use a longer --token-ttl",
+	"4001": "token expired: with --login, chatd's --token-ttl is shorter than the run",
 	"4003": "token revoked",
 	"4008": "slow consumer: this process read too slowly (fewer --sockets, or --procs)",
 }

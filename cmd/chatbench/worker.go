@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -179,24 +181,34 @@ func (w *worker) connect(ctx context.Context) error {
 	if ctx.Err() != nil {
 		return fmt.Errorf("stopped while connecting: %w", ctx.Err())
 	}
-	if w.res.Connected == 0 && p.Count > 0 {
-		// Nothing to measure: say why now, not after the run's whole length.
-		return fmt.Errorf("no socket connected (%s)%s", mapString(w.res.DialErrors, "%s: %d"), dialHint(w.res.DialErrors))
-	}
 	return nil
 }
 
+// ready is the Ready event of a worker that has connected: how many of its
+// sockets did, and why the others did not (a copy: soak's reconnects go on
+// counting in the worker's own map).
+func (w *worker) ready() event {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return event{Worker: w.p.Worker, Ready: true, Connected: w.res.Connected, DialErrors: maps.Clone(w.res.DialErrors)}
+}
+
 // dialHint says what a new user most likely got wrong, given why the dials
-// failed.
+// failed: for the most common reason it knows.
 func dialHint(kinds map[string]int) string {
-	for kind := range kinds {
+	byCount := slices.SortedFunc(maps.Keys(kinds), func(a, b string) int { return kinds[b] - kinds[a] })
+	for _, kind := range byCount {
 		switch {
-		case strings.HasPrefix(kind, "401"):
-			return "; is --secret the server's --jwt-secret (with --login: are the users' passwords right)?"
+		case kind == "401 invalid_token":
+			return "; is --secret the server's --jwt-secret?"
+		case kind == "401 token_expired":
+			return "; the tokens expired before they were used: with --login, chatd's --token-ttl is too short for this run"
 		case strings.Contains(kind, "connection refused"):
 			return "; is chatd running at --url?"
 		case strings.HasPrefix(kind, "403"):
 			return "; the server refuses this Origin (its --allowed-origins)"
+		case strings.HasPrefix(kind, "429"):
+			return "; the server limits sockets per address (its --ws-rate-limit)"
 		case strings.HasPrefix(kind, "503"):
 			return "; the server is draining or at its --max-sockets"
 		}
