@@ -61,9 +61,10 @@ func (r *localRunner) stop()              { r.cancel() }
 // procRunner is a worker process: this executable with the hidden worker
 // command, the plan on its stdin, events on its stdout.
 type procRunner struct {
-	cmd   *exec.Cmd
-	stdin io.WriteCloser
-	once  sync.Once
+	cmd    *exec.Cmd
+	stdin  io.WriteCloser
+	once   sync.Once
+	exited chan struct{} // closed once the process has exited and its stderr is copied
 }
 
 func startProc(ctx context.Context, p *plan, events chan<- event, stderr io.Writer) (*procRunner, error) {
@@ -85,7 +86,7 @@ func startProc(ctx context.Context, p *plan, events chan<- event, stderr io.Writ
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start worker %d: %w", p.Worker, err)
 	}
-	r := &procRunner{cmd: cmd, stdin: stdin}
+	r := &procRunner{cmd: cmd, stdin: stdin, exited: make(chan struct{})}
 	go func() {
 		data, _ := json.Marshal(p)
 		_, _ = stdin.Write(append(data, '\n'))
@@ -105,6 +106,7 @@ func startProc(ctx context.Context, p *plan, events chan<- event, stderr io.Writ
 			events <- ev
 		}
 		err := cmd.Wait()
+		close(r.exited)
 		if !gotResult {
 			msg := "worker exited without a result"
 			if err != nil {
@@ -120,8 +122,17 @@ func (r *procRunner) start(at time.Time) {
 	_, _ = fmt.Fprintf(r.stdin, "run %d\n", at.UnixNano())
 }
 
+// stop ends the worker (its stdin's end tells it to) and waits until it
+// has exited: its stderr goes to the caller's, which must not be written
+// by the two at once once orchestrate has returned.
 func (r *procRunner) stop() {
 	r.once.Do(func() { _ = r.stdin.Close() })
+	select {
+	case <-r.exited:
+	case <-time.After(10 * time.Second): // a worker that does not hear
+		_ = r.cmd.Process.Kill()
+		<-r.exited
+	}
 }
 
 // orchestrate runs the whole command and returns the merged summary.
