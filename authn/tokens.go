@@ -59,8 +59,8 @@ func (c *Claims) MayJoin(room string) bool {
 // TokenConfig configures Tokens. Zero fields take the defaults noted.
 type TokenConfig struct {
 	Secret   []byte // HS256 key, at least 32 bytes
-	Issuer   string // iss of chatd's own (HS256) tokens; default "chatd"
-	Audience string // aud every token must hold, and chatd's own carry; default "chatd"
+	Issuer   string // iss of chatd's own (HS256) tokens; default DefaultIssuer
+	Audience string // aud every token must hold, and chatd's own carry; default DefaultIssuer
 	// PublicKeys verify tokens signed by an outside identity provider
 	// (RS256, ES256, EdDSA); SetPublicKeys replaces them. Such a token must
 	// carry ExternalIssuer (default Issuer) as its iss, and the same claims
@@ -87,6 +87,10 @@ type Tokens struct {
 	keys   atomic.Pointer[map[string][]PublicKey] // PublicKeys by Alg
 }
 
+// DefaultIssuer is the iss of chatd's own tokens, and the aud every token
+// must hold unless configured otherwise (PROTOCOL.md).
+const DefaultIssuer = "chatd"
+
 // MinSecretBytes is the shortest HS256 key accepted (RFC 7518 3.2: a key at
 // least as long as the hash).
 const MinSecretBytes = 32
@@ -97,10 +101,10 @@ func NewTokens(cfg TokenConfig) (*Tokens, error) {
 		return nil, fmt.Errorf("jwt secret is %d bytes; at least %d are required", len(cfg.Secret), MinSecretBytes)
 	}
 	if cfg.Issuer == "" {
-		cfg.Issuer = "chatd"
+		cfg.Issuer = DefaultIssuer
 	}
 	if cfg.Audience == "" {
-		cfg.Audience = "chatd"
+		cfg.Audience = DefaultIssuer
 	}
 	if len(cfg.PublicKeys) > 0 && (cfg.ExternalIssuer == "" || cfg.ExternalIssuer == cfg.Issuer) {
 		// The iss names who holds the key (RFC 8725 3.8): the provider's

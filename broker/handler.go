@@ -157,7 +157,11 @@ func badHandshake(r *http.Request) (int, string) {
 	case r.Header.Get("Sec-WebSocket-Version") != "13":
 		return http.StatusUpgradeRequired, "Sec-WebSocket-Version must be 13"
 	}
-	if key, err := base64.StdEncoding.DecodeString(r.Header.Get("Sec-WebSocket-Key")); err != nil || len(key) != 16 {
+	// 16 bytes are 24 base64 characters; decoded on the stack, as this runs
+	// on every handshake.
+	var key [18]byte
+	k := r.Header.Get("Sec-WebSocket-Key")
+	if n, err := base64.StdEncoding.Decode(key[:], []byte(k)); len(k) != 24 || err != nil || n != 16 {
 		return http.StatusBadRequest, "Sec-WebSocket-Key must be 16 bytes in base64"
 	}
 	return 0, ""

@@ -116,6 +116,12 @@ func (s *Session) replay(room string, since, upTo uint64) (frames [][]byte, comp
 	return frames, complete, nil
 }
 
+// leaveAndTell leaves room and answers `left`, as the socket asked.
+func (s *Session) leaveAndTell(name string) {
+	s.leave(name)
+	s.send(textFrame(leftFrame{Type: "left", Room: name}))
+}
+
 // leave removes the socket from room, telling the others if it was the
 // user's last socket there.
 func (s *Session) leave(name string) {

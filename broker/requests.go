@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"slices"
 	"strconv"
 	"time"
 	"unicode/utf8"
@@ -73,8 +72,7 @@ func (s *Session) handle(data []byte, now time.Time) {
 		}
 	case "leave":
 		if s.member(req.Room, req.ID) != nil {
-			s.leave(req.Room)
-			s.send(textFrame(leftFrame{Type: "left", Room: req.Room}))
+			s.leaveAndTell(req.Room)
 		}
 	case "history":
 		s.history(&req)
@@ -211,12 +209,9 @@ func (s *Session) refresh(token string, id []byte) {
 	s.send(textFrame(refreshedFrame{Type: "refreshed", Exp: c.Expiry().Unix()}))
 	// The new token's rooms claim rules from now on: the socket leaves the
 	// rooms it no longer allows, and is told so, as if it had asked.
-	if s.allowed != nil {
-		for name := range s.rooms {
-			if !slices.Contains(s.allowed, name) {
-				s.leave(name)
-				s.send(textFrame(leftFrame{Type: "left", Room: name}))
-			}
+	for name := range s.rooms {
+		if !c.MayJoin(name) {
+			s.leaveAndTell(name)
 		}
 	}
 	if s.broker.opts.Verifier.Revoked(c.ID) { // logged out while we indexed it

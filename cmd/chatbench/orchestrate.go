@@ -235,12 +235,7 @@ func orchestrate(ctx context.Context, o *options, stderr io.Writer) (*summary, e
 				// Let the server finish its handshake work (and, with a long
 				// settle, collect its garbage) before reading.
 				sleep(ctx, o.settle)
-				memAfter, err := scrapeMemory(base)
-				if err != nil {
-					memBefore.err = err
-				} else if memBefore.err == nil {
-					memBefore.after = &memAfter
-				}
+				memBefore.scrapeAfter(base)
 			}
 			if o.cmd == "expiry" && o.secret != "" {
 				probe = o.startProbe(stderr)
@@ -261,12 +256,7 @@ func orchestrate(ctx context.Context, o *options, stderr io.Writer) (*summary, e
 		return nil, errors.New(strings.Join(failures, "; "))
 	}
 	if !o.noMetrics && o.cmd == "soak" {
-		after, err := scrapeMemory(base)
-		if err != nil {
-			memBefore.err = err
-		} else if memBefore.err == nil {
-			memBefore.after = &after
-		}
+		memBefore.scrapeAfter(base)
 	}
 	s := summarize(o, results, memBefore)
 	s.addSteal(steal.finish())
@@ -322,6 +312,19 @@ type serverMemory struct {
 	Heap  float64 `json:"heap_inuse_bytes"`
 	after *serverMemory
 	err   error // why /metrics could not be read, before or after
+}
+
+// scrapeAfter reads the server's memory after the sockets opened into
+// m.after, or why it could not into m.err (a reading that failed before
+// leaves no after to compare).
+func (m *serverMemory) scrapeAfter(base string) {
+	after, err := scrapeMemory(base)
+	switch {
+	case err != nil:
+		m.err = err
+	case m.err == nil:
+		m.after = &after
+	}
 }
 
 // scrapeMemory reads process_resident_memory_bytes and

@@ -7,6 +7,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/chatd/chatd/authn"
 )
 
 // Config is everything chatd is told at start, from flags and CHATD_*
@@ -60,7 +62,7 @@ func newFlagSet(name string, cfg *Config) *flag.FlagSet {
 	fs.StringVar(&cfg.JWTPublicKey, "jwt-public-key", "", "PEM file of an identity provider's public keys: its RS256 (RSA), ES256 (P-256) or EdDSA (Ed25519) tokens are accepted too")
 	fs.StringVar(&cfg.JWKS, "jwks", "", "an identity provider's JWKS document (file or http(s) URL, loaded again every 10m): its RS256, ES256 or EdDSA tokens are accepted too")
 	fs.StringVar(&cfg.JWTIssuer, "jwt-issuer", "", "the identity provider's iss, required of its tokens; needed with --jwt-public-key or --jwks, and not chatd (chatd's own tokens carry chatd)")
-	fs.StringVar(&cfg.JWTAudience, "jwt-audience", "chatd", "aud every token must hold; chatd's own tokens carry it")
+	fs.StringVar(&cfg.JWTAudience, "jwt-audience", authn.DefaultIssuer, "aud every token must hold; chatd's own tokens carry it")
 	fs.DurationVar(&cfg.TokenTTL, "token-ttl", 15*time.Minute, "lifetime of issued tokens")
 	fs.DurationVar(&cfg.JWTLeeway, "jwt-leeway", 0, "clock-skew allowance for exp, nbf and iat")
 	fs.DurationVar(&cfg.SessionMax, "session-max", 24*time.Hour, "how long a chain of refreshes may extend one login")
@@ -149,7 +151,7 @@ func (c *Config) validate() error {
 		errs = append(errs, errors.New("--jwt-audience must not be empty"))
 	}
 	if c.JWTPublicKey != "" || c.JWKS != "" {
-		if c.JWTIssuer == "" || c.JWTIssuer == "chatd" {
+		if c.JWTIssuer == "" || c.JWTIssuer == authn.DefaultIssuer {
 			errs = append(errs, errors.New("--jwt-issuer: give the identity provider's own iss (not chatd) with --jwt-public-key or --jwks"))
 		}
 	}
