@@ -159,7 +159,7 @@ func (s *Session) history(req *request) {
 	if req.Before != nil {
 		before = *req.Before
 		if before == 0 {
-			s.send(textFrame(historyFrame{Type: "history", Room: req.Room, Messages: []Message{}}))
+			s.send(frame(opText, historyPayload(req.Room, nil)))
 			return
 		}
 	}
@@ -169,24 +169,25 @@ func (s *Session) history(req *request) {
 		s.sendError("internal_error", "history is unavailable; try again", req.ID)
 		return
 	}
-	if msgs == nil {
-		msgs = []Message{}
-	}
-	s.send(textFrame(historyFrame{Type: "history", Room: req.Room, Messages: s.withinBudget(msgs)}))
+	s.send(frame(opText, historyPayload(req.Room, s.withinBudget(msgs))))
 }
 
-// withinBudget keeps the newest of msgs (oldest first) that fit in half the
-// send queue, less what is queued already, as a join's replay does: 200
-// messages of 4,096 characters that JSON escapes six bytes each are 5 MB,
-// and a client asking for such pages without reading them would hold that
-// much of the server's memory per request. At least one is kept; the
-// client pages back from the first one it got.
-func (s *Session) withinBudget(msgs []Message) []Message {
+// withinBudget encodes the newest of msgs (oldest first) that fit in half
+// the send queue, less what is queued already, as a join's replay does:
+// 200 messages of 4,096 characters that JSON escapes six bytes each are
+// 5 MB, and a client asking for such pages without reading them would
+// hold that much of the server's memory per request. At least one is
+// kept; the client pages back from the first one it got.
+func (s *Session) withinBudget(msgs []Message) [][]byte {
 	budget := s.broker.opts.SendQueueBytes/2 - s.out.queued()
+	out := make([][]byte, 0, len(msgs))
 	for i := len(msgs) - 1; i >= 0; i-- {
-		if budget -= len(messagePayload(&msgs[i])) + 1; budget < 0 && i < len(msgs)-1 {
-			return msgs[i+1:]
+		m := appendMessage(nil, &msgs[i])
+		if budget -= len(m) + 1; budget < 0 && len(out) > 0 {
+			break
 		}
+		out = append(out, m)
 	}
-	return msgs
+	slices.Reverse(out)
+	return out
 }

@@ -78,11 +78,6 @@ type (
 		Join  string    `json:"join,omitempty"`
 		Leave string    `json:"leave,omitempty"`
 	}
-	historyFrame struct {
-		Type     string    `json:"type"`
-		Room     string    `json:"room"`
-		Messages []Message `json:"messages"`
-	}
 	expiringFrame struct {
 		Type string `json:"type"`
 		Exp  int64  `json:"exp"`
@@ -148,7 +143,38 @@ func textFrame(v any) []byte {
 // fan-out and the generic encoder is several times slower.
 func messagePayload(m *Message) []byte {
 	b := make([]byte, 0, 96+len(m.Room)+len(m.ID)+len(m.From)+len(m.Text)+len(m.Text)/8)
-	b = append(b, `{"type":"message","room":`...)
+	return appendMessageFields(append(b, `{"type":"message",`...), m)
+}
+
+// historyPayload encodes a history frame by hand from its messages'
+// encodings (appendMessage's), which the page's budget has measured already.
+func historyPayload(room string, msgs [][]byte) []byte {
+	n := 48 + len(room)
+	for _, m := range msgs {
+		n += len(m) + 1
+	}
+	b := make([]byte, 0, n)
+	b = append(b, `{"type":"history","room":`...)
+	b = appendJSONString(b, room)
+	b = append(b, `,"messages":[`...)
+	for i, m := range msgs {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, m...)
+	}
+	return append(b, "]}"...)
+}
+
+// appendMessage appends m as a JSON object: a history page's entry.
+func appendMessage(b []byte, m *Message) []byte {
+	return appendMessageFields(append(b, '{'), m)
+}
+
+// appendMessageFields appends m's fields and the closing brace of the
+// object they are in, as encoding/json would write a Message.
+func appendMessageFields(b []byte, m *Message) []byte {
+	b = append(b, `"room":`...)
 	b = appendJSONString(b, m.Room)
 	b = append(b, `,"seq":`...)
 	b = strconv.AppendUint(b, m.Seq, 10)
