@@ -266,7 +266,9 @@ func (t *Tokens) Verify(token string) (*Claims, error) {
 	if err != nil {
 		// Only a token whose signature verified can be "expired": golang-jwt
 		// v5 stops at a bad signature, so ErrTokenExpired implies a good one.
-		if errors.Is(err, jwt.ErrTokenExpired) {
+		// An exp at or before 1970 is no time at all (a value like 1e300
+		// overflows to one): the token is malformed, not expired.
+		if errors.Is(err, jwt.ErrTokenExpired) && c.ExpiresAt != nil && c.ExpiresAt.Unix() > 0 {
 			return nil, ErrTokenExpired
 		}
 		return nil, fmt.Errorf("%w: %v", ErrInvalidToken, err)
