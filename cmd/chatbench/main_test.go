@@ -186,6 +186,7 @@ func TestRefusals(t *testing.T) {
 		{[]string{"blast"}, "unknown command"},
 		{[]string{"connect", "--secret", testSecret, "--sockets", "0"}, "--sockets must be at least 1"},
 		{[]string{"fanout", "--secret", testSecret, "--duration", "5"}, "durations take a unit"},
+		{[]string{"fanout", "--secret", testSecret, "--senders", "0"}, "--senders must be at least 1"},
 	} {
 		var stdout, stderr bytes.Buffer
 		if code := run(context.Background(), tc.args, &stdout, &stderr); code != 2 {

@@ -117,6 +117,9 @@ func (o *options) finish() error {
 			o.duration = time.Minute
 		}
 	}
+	if o.set["senders"] && o.senders < 1 && (o.cmd == "fanout" || o.cmd == "paced" || o.cmd == "soak") {
+		return errors.New("--senders must be at least 1 (leave it out for the default)")
+	}
 	if o.senders == 0 {
 		switch o.cmd {
 		case "fanout":
