@@ -113,6 +113,20 @@ func TestLeewayMovesTheClose(t *testing.T) {
 	}
 }
 
+// A token whose exp is past what unix nanoseconds hold (the year 2262;
+// 9999999999 is a common "never expires") keeps a socket that works.
+func TestFarFutureExpiry(t *testing.T) {
+	e := newEnv(t, broker.Options{})
+	c := claims("forever", time.Minute)
+	c.ExpiresAt = jwt.NewNumericDate(time.Unix(9999999999, 0))
+	cl := e.dial(sign(t, c))
+	cl.send(map[string]any{"type": "send", "room": "general", "text": "still here", "id": "1"})
+	if m := cl.expect("message"); m.str("text") != "still here" {
+		t.Fatalf("message %v", m)
+	}
+	cl.expect("ack")
+}
+
 // A burst of expiries larger than the wheel fires between yields, and
 // large enough to be shared among goroutines where there are several
 // processors, whose clients answer the close at once: their teardowns

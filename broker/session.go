@@ -3,6 +3,7 @@ package broker
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"math"
 	"net"
 	"slices"
 	"sync"
@@ -273,6 +274,12 @@ func (s *Session) heldJTIs() []string {
 func (s *Session) schedule(exp time.Time) {
 	b := s.broker
 	closeAt := exp.Add(b.opts.Leeway)
+	if last := time.Unix(0, math.MaxInt64); closeAt.After(last) {
+		// closeAt holds unix nanoseconds, which end in 2262: a later exp
+		// ("never expires", 9999999999) would overflow into the past and
+		// close the socket at once.
+		closeAt = last
+	}
 	s.exp.Store(exp.Unix())
 	s.closeAt.Store(closeAt.UnixNano())
 	s.scheduleExpire(closeAt)
