@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/chatd/chatd/authn"
+	"github.com/golang-jwt/jwt/v5"
 	bolt "go.etcd.io/bbolt"
 	"golang.org/x/crypto/bcrypt"
 )
@@ -408,6 +409,38 @@ func TestLoginTokenOutlivesAShortSession(t *testing.T) {
 	f.now.Add(5 * time.Minute)
 	if r := f.do("POST", "/auth/refresh", "", "", "Authorization", "Bearer "+tok); r.status != 401 || r.code() != "session_expired" {
 		t.Fatalf("refresh at the session's end: %d %v, want 401 session_expired", r.status, r.body)
+	}
+}
+
+// A token signed with the secret elsewhere, without auth_time, is bounded
+// by --session-max from its iat: its refresh chain ends too.
+func TestRefreshWithoutAuthTime(t *testing.T) {
+	f := newFixture(t, authn.ServiceConfig{RequestsPerSecond: -1},
+		authn.TokenConfig{TTL: 10 * time.Minute, SessionMax: time.Hour})
+	mint := func(iat time.Time) string {
+		c := &authn.Claims{
+			RegisteredClaims: jwt.RegisteredClaims{
+				Issuer: "chatd", Audience: jwt.ClaimStrings{"chatd"}, Subject: "u1", ID: iat.String(),
+				IssuedAt: jwt.NewNumericDate(iat), ExpiresAt: jwt.NewNumericDate(f.now.Now().Add(time.Minute)),
+			},
+			Name: "alice", SessionID: "s1",
+		}
+		s, err := jwt.NewWithClaims(jwt.SigningMethodHS256, c).SignedString(secret)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	if r := f.do("POST", "/auth/refresh", "", "", "Authorization", "Bearer "+mint(f.now.Now().Add(-2*time.Hour))); r.status != 401 || r.code() != "session_expired" {
+		t.Fatalf("refresh 2 h after iat: %d %v, want 401 session_expired", r.status, r.body)
+	}
+	r := f.do("POST", "/auth/refresh", "", "", "Authorization", "Bearer "+mint(f.now.Now().Add(-55*time.Minute)))
+	if r.status != 200 || r.body["expires_in"].(float64) != 300 {
+		t.Fatalf("refresh 55 min after iat: %d %v, want a token to the session's end, 300 s away", r.status, r.body)
+	}
+	f.now.Add(4 * time.Minute)
+	if r := f.do("POST", "/auth/refresh", "", "", "Authorization", "Bearer "+r.body["token"].(string)); r.status != 200 || r.body["expires_in"].(float64) != 60 {
+		t.Fatalf("refresh of the refreshed token: %d %v, want a token to the same session end, 60 s away", r.status, r.body)
 	}
 }
 

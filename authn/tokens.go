@@ -211,17 +211,26 @@ func (t *Tokens) Refresh(old *Claims) (*Issued, error) {
 		return nil, ErrOutsideRefresh
 	}
 	now := t.cfg.Now()
-	exp := now.Add(t.cfg.TTL)
-	if old.AuthTime != 0 {
-		end := time.Unix(old.AuthTime, 0).Add(t.cfg.SessionMax)
-		if !now.Before(end) {
-			return nil, ErrSessionExpired
-		}
-		if exp.After(end) {
-			exp = end
+	login := old.AuthTime
+	if login == 0 {
+		// A token signed with chatd's secret elsewhere (a load tool, a
+		// script) may carry no auth_time; its login was no later than its
+		// iat, or than now. The new token carries that time on, so that a
+		// chain of refreshes still ends.
+		login = now.Unix()
+		if old.IssuedAt != nil {
+			login = min(login, old.IssuedAt.Unix())
 		}
 	}
-	return t.sign(old.Subject, old.Name, old.SessionID, old.AuthTime, old.Rooms, now, exp)
+	exp := now.Add(t.cfg.TTL)
+	end := time.Unix(login, 0).Add(t.cfg.SessionMax)
+	if !now.Before(end) {
+		return nil, ErrSessionExpired
+	}
+	if exp.After(end) {
+		exp = end
+	}
+	return t.sign(old.Subject, old.Name, old.SessionID, login, old.Rooms, now, exp)
 }
 
 func (t *Tokens) sign(sub, name, sid string, authTime int64, rooms []string, now, exp time.Time) (*Issued, error) {
