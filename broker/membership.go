@@ -36,7 +36,7 @@ func (s *Session) join(name string, since *uint64, id []byte, answer bool) error
 		// each name sent to costs the store a bucket for good.
 		r.mu.Unlock()
 		b.rooms.dropIfEmpty(r)
-		s.sendError(CodeRoomForbidden, "you are creating rooms too fast; try again in a minute", id)
+		s.sendError(CodeRateLimited, "you are creating new rooms too fast; try again in a few seconds", id)
 		return nil
 	}
 	defer r.mu.Unlock()

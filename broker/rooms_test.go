@@ -520,18 +520,23 @@ func TestNoPresenceEventsInLargeRooms(t *testing.T) {
 	}
 }
 
-// Naming new rooms is limited per socket (30 a minute): each costs the
-// store a bucket for good. Rooms that exist are not limited.
+// Naming new rooms is limited per socket: a fresh socket may fill its
+// --max-rooms at once, then 30 a minute, since each costs the store a
+// bucket for good. Rooms that exist are not limited.
 func TestNewRoomsAreLimited(t *testing.T) {
-	e := newEnv(t, broker.Options{MaxRooms: 1000})
+	e := newEnv(t, broker.Options{MaxRooms: 40, RateLimit: 1000})
 	c := e.dial(e.token("namer"))
-	for i := range 30 {
+	c.send(map[string]any{"type": "leave", "room": "general"})
+	c.expect("left")
+	for i := range 40 {
 		c.send(map[string]any{"type": "join", "room": fmt.Sprint("new", i)})
 		c.expect("joined")
 	}
+	c.send(map[string]any{"type": "leave", "room": "new39"})
+	c.expect("left")
 	c.send(map[string]any{"type": "join", "room": "one-too-many", "id": 1})
-	if f := c.expect("error"); f.str("code") != "room_forbidden" {
-		t.Fatalf("31st new room: %v", f)
+	if f := c.expect("error"); f.str("code") != "rate_limited" || f.num("id") != 1 {
+		t.Fatalf("41st new room at once: %v, want rate_limited", f)
 	}
 	d := e.dial(e.token("other")) // joining an existing room is not creating one
 	d.send(map[string]any{"type": "join", "room": "new0"})

@@ -48,14 +48,17 @@ type Session struct {
 }
 
 // newRoomsPerMinute bounds how many rooms that never existed one socket
-// may create: every room named costs the store a bucket on disk.
+// may go on creating: every room named costs the store a bucket on disk.
 const newRoomsPerMinute = 30
 
-// mayCreateRoom takes one of the socket's new-room tokens. The limiter is
-// made on first use: most sockets never name a new room.
+// mayCreateRoom takes one of the socket's new-room tokens. A fresh socket
+// may fill all its --max-rooms with new rooms at once; after that it names
+// newRoomsPerMinute a minute. The limiter is made on first use: most
+// sockets never name a new room.
 func (s *Session) mayCreateRoom() bool {
 	if s.creations == nil {
-		s.creations = rate.NewLimiter(rate.Every(time.Minute/newRoomsPerMinute), newRoomsPerMinute)
+		burst := max(newRoomsPerMinute, s.broker.opts.MaxRooms)
+		s.creations = rate.NewLimiter(rate.Every(time.Minute/newRoomsPerMinute), burst)
 	}
 	return s.creations.Allow()
 }
