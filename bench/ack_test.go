@@ -39,7 +39,7 @@ func (c *ackClient) OnMessage(_ *gws.Conn, m *gws.Message) {
 func BenchmarkAck(b *testing.B) {
 	for _, store := range []string{"memory", "bolt"} {
 		b.Run("store="+store, func(b *testing.B) {
-			var history broker.History = broker.NewMemoryHistory(10000)
+			var history broker.History = broker.NewMemoryHistory(10000, 0)
 			if store == "bolt" {
 				db, err := bolt.Open(filepath.Join(b.TempDir(), "chatd.db"), 0o600, nil)
 				if err != nil {

@@ -39,7 +39,7 @@ func newServer(tb testing.TB) *server {
 	}
 	b := broker.New(broker.Options{
 		Verifier:  tokens,
-		History:   broker.NewMemoryHistory(1000),
+		History:   broker.NewMemoryHistory(1000, 0),
 		RateLimit: 1e6,
 		Log:       zerolog.Nop(),
 	})

@@ -35,7 +35,7 @@ type Verifier interface {
 // Options configure a Broker. Zero fields take the defaults noted.
 type Options struct {
 	Verifier Verifier // required
-	History  History  // default: NewMemoryHistory(1000)
+	History  History  // default: NewMemoryHistory(1000, 0)
 
 	// AllowedOrigins lists the origins (scheme://host[:port]) allowed to
 	// open sockets. Empty means the request's own host; "*" allows any.
@@ -45,13 +45,13 @@ type Options struct {
 	MaxMessageBytes int           // largest inbound message; 16384 (close 1009 beyond)
 	RateLimit       float64       // messages per second per socket; 20, burst twice that
 	SendQueueBytes  int           // queued bytes before close 4008; 1 MiB
-	ExpiryWarning   time.Duration // `expiring` this long before the close; 30s
+	ExpiryWarning   time.Duration // `expiring` this long before the close; 30s, negative: none
 	Leeway          time.Duration // sockets close at exp + Leeway
 	MaxRooms        int           // rooms one socket may be in; 100
 	// PresenceLimit is the largest room whose members are told of every
 	// join and leave (default 1000). In a larger room each arrival would
 	// cost a frame to every member, quadratic in the room's size; `who`
-	// still answers there.
+	// still answers there. Negative: no room is told.
 	PresenceLimit int
 	MaxSockets    int // open sockets before 503 overloaded; 0 = no limit
 	// UpgradeRate bounds /ws requests per second per client address, burst
@@ -70,7 +70,7 @@ type Options struct {
 
 func (o *Options) defaults() {
 	if o.History == nil {
-		o.History = NewMemoryHistory(1000)
+		o.History = NewMemoryHistory(1000, 0)
 	}
 	if o.MaxMessageBytes <= 0 {
 		o.MaxMessageBytes = 16384
@@ -81,10 +81,10 @@ func (o *Options) defaults() {
 	if o.SendQueueBytes <= 0 {
 		o.SendQueueBytes = 1 << 20
 	}
-	if o.ExpiryWarning <= 0 {
+	if o.ExpiryWarning == 0 {
 		o.ExpiryWarning = 30 * time.Second
 	}
-	if o.PresenceLimit <= 0 {
+	if o.PresenceLimit == 0 {
 		o.PresenceLimit = 1000
 	}
 	if o.MaxRooms <= 0 {

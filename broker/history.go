@@ -2,7 +2,9 @@ package broker
 
 import (
 	"errors"
+	"sort"
 	"sync"
+	"time"
 )
 
 // Message is one chat message as it is stored and sent: the fields of the
@@ -50,6 +52,7 @@ type History interface {
 // is fast and forgets everything when the process ends.
 type MemoryHistory struct {
 	perRoom int
+	maxAge  time.Duration // messages older than this are gone; 0: kept by count only
 	mu      sync.RWMutex
 	rooms   map[string]*ring
 }
@@ -62,12 +65,13 @@ type ring struct {
 }
 
 // NewMemoryHistory returns a History that keeps the latest perRoom messages of
-// each room (1000 if perRoom <= 0).
-func NewMemoryHistory(perRoom int) *MemoryHistory {
+// each room (1000 if perRoom <= 0), and with maxAge > 0 only those younger
+// than maxAge.
+func NewMemoryHistory(perRoom int, maxAge time.Duration) *MemoryHistory {
 	if perRoom <= 0 {
 		perRoom = 1000
 	}
-	return &MemoryHistory{perRoom: perRoom, rooms: make(map[string]*ring)}
+	return &MemoryHistory{perRoom: perRoom, maxAge: maxAge, rooms: make(map[string]*ring)}
 }
 
 // Append implements History; done runs before Append returns.
@@ -94,6 +98,18 @@ func (h *MemoryHistory) Append(m Message, done func(error)) {
 // at returns the i-th oldest message of r.
 func (r *ring) at(i int) Message { return r.msgs[(r.start+i)%len(r.msgs)] }
 
+// live returns the index of r's oldest message not past maxAge (len(r.msgs)
+// when none is left). Aged messages stay in the ring until overwritten, but
+// are pruned for every reader.
+func (h *MemoryHistory) live(r *ring) int {
+	if h.maxAge <= 0 {
+		return 0
+	}
+	cutoff := time.Now().Add(-h.maxAge).UnixMilli()
+	// ts is the server's clock at append, in seq order.
+	return sort.Search(len(r.msgs), func(i int) bool { return r.at(i).TS >= cutoff })
+}
+
 // After implements History.
 func (h *MemoryHistory) After(room string, since uint64, limit int) ([]Message, bool, error) {
 	h.mu.RLock()
@@ -103,11 +119,15 @@ func (h *MemoryHistory) After(room string, since uint64, limit int) ([]Message, 
 		return nil, true, nil
 	}
 	n := len(r.msgs)
+	skip := h.live(r)
+	if skip == n {
+		return nil, false, nil // every message after since has aged out
+	}
 	// Seqs in the ring are consecutive, so the first wanted index is direct.
-	oldest := r.at(0).Seq
-	first := 0
+	oldest := r.at(skip).Seq
+	first := skip
 	if since >= oldest {
-		first = int(since - oldest + 1)
+		first = skip + int(since-oldest+1)
 	}
 	complete := since+1 >= oldest
 	var out []Message
@@ -122,20 +142,24 @@ func (h *MemoryHistory) Before(room string, before uint64, limit int) ([]Message
 	h.mu.RLock()
 	defer h.mu.RUnlock()
 	r := h.rooms[room]
-	if r == nil || len(r.msgs) == 0 {
+	if r == nil {
 		return nil, nil
 	}
-	oldest := r.at(0).Seq
+	skip := h.live(r)
+	if skip == len(r.msgs) {
+		return nil, nil
+	}
+	oldest := r.at(skip).Seq
 	end := len(r.msgs) // exclusive
 	if before != 0 {
 		if before <= oldest {
 			return nil, nil
 		}
-		if before-oldest < uint64(end) { // compare before converting: before may be huge
-			end = int(before - oldest)
+		if before-oldest < uint64(end-skip) { // compare before converting: before may be huge
+			end = skip + int(before-oldest)
 		}
 	}
-	start := max(0, end-limit)
+	start := max(skip, end-limit)
 	out := make([]Message, 0, end-start)
 	for i := start; i < end; i++ {
 		out = append(out, r.at(i))

@@ -258,7 +258,7 @@ func TestOrderUnderConcurrentSenders(t *testing.T) {
 // join with since racing live traffic: the replay and the live stream meet
 // with no gap and no duplicate.
 func TestSinceReplayRacesLiveTraffic(t *testing.T) {
-	e := newEnv(t, broker.Options{RateLimit: 10000, History: broker.NewMemoryHistory(1 << 20)})
+	e := newEnv(t, broker.Options{RateLimit: 10000, History: broker.NewMemoryHistory(1<<20, 0)})
 	sender := e.dial(e.token("sender"))
 	sender.send(map[string]any{"type": "join", "room": "busy"})
 	sender.expect("joined")
@@ -315,7 +315,7 @@ func TestSinceReplayRacesLiveTraffic(t *testing.T) {
 }
 
 func TestSinceOlderThanKept(t *testing.T) {
-	e := newEnv(t, broker.Options{History: broker.NewMemoryHistory(5)})
+	e := newEnv(t, broker.Options{History: broker.NewMemoryHistory(5, 0)})
 	c := e.dial(e.token("alice"))
 	for i := range 10 {
 		c.send(map[string]any{"type": "send", "room": "general", "text": fmt.Sprint(i)})
@@ -446,7 +446,7 @@ func flood(t *testing.T, write func(*gws.Conn) error, wantErrors int) {
 // A join far behind replays only the newest messages (at most 1000, and
 // half the send queue in bytes) and says it did not recover everything.
 func TestReplayIsBounded(t *testing.T) {
-	e := newEnv(t, broker.Options{RateLimit: 1e6, History: broker.NewMemoryHistory(5000), SendQueueBytes: 1 << 20})
+	e := newEnv(t, broker.Options{RateLimit: 1e6, History: broker.NewMemoryHistory(5000, 0), SendQueueBytes: 1 << 20})
 	sender := e.dial(e.token("sender"))
 	for i := range 1500 {
 		_ = sender.conn.WriteString(fmt.Sprint(i))

@@ -286,7 +286,7 @@ func (s *Session) schedule(exp time.Time) {
 	s.exp.Store(exp.Unix())
 	s.closeAt.Store(closeAt.UnixNano())
 	s.scheduleExpire(closeAt)
-	if time.Until(closeAt) > 2*b.opts.ExpiryWarning {
+	if warn := b.opts.ExpiryWarning; warn > 0 && time.Until(closeAt) > 2*warn {
 		b.wheel.Schedule(s.warn, closeAt.Add(-b.opts.ExpiryWarning))
 	} else {
 		b.wheel.Cancel(s.warn)

@@ -64,7 +64,7 @@ func startChatd(t *testing.T) string {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	b := broker.New(broker.Options{
-		Verifier: tokens, History: broker.NewMemoryHistory(100), RateLimit: 100000,
+		Verifier: tokens, History: broker.NewMemoryHistory(100, 0), RateLimit: 100000,
 		Log: zerolog.Nop(), Metrics: reg,
 	})
 	auth := authn.NewService(users, tokens, revoked, authn.ServiceConfig{OpenRegistration: true, OnRevoke: b.Revoke, Log: zerolog.Nop()})

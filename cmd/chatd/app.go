@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"time"
 
 	"github.com/chatd/chatd/assets"
 	"github.com/chatd/chatd/authn"
@@ -79,10 +80,10 @@ func newApp(cfg Config, log zerolog.Logger) (a *app, err error) {
 		RateLimit:       cfg.RateLimit,
 		UpgradeRate:     cfg.WSRateLimit,
 		SendQueueBytes:  cfg.SendQueueBytes,
-		ExpiryWarning:   cfg.ExpiryWarning,
+		ExpiryWarning:   zeroIsNone(cfg.ExpiryWarning),
 		Leeway:          cfg.JWTLeeway,
 		MaxRooms:        cfg.MaxRooms,
-		PresenceLimit:   cfg.PresenceLimit,
+		PresenceLimit:   zeroIsNone(cfg.PresenceLimit),
 		MaxSockets:      cfg.MaxSockets,
 		PingInterval:    cfg.PingInterval,
 		IdleTimeout:     cfg.IdleTimeout,
@@ -96,7 +97,7 @@ func newApp(cfg Config, log zerolog.Logger) (a *app, err error) {
 	auth := authn.NewService(users, tokens, revoked, authn.ServiceConfig{
 		OpenRegistration:  cfg.OpenRegistration,
 		RequestsPerSecond: authRate,
-		Burst:             int(2 * cfg.AuthRate),
+		Burst:             max(1, int(2*cfg.AuthRate)),
 		OnRevoke:          b.Revoke,
 		Log:               log.With().Str("component", "authn").Logger(),
 	})
@@ -156,4 +157,14 @@ func readOnly(h http.HandlerFunc) http.Handler {
 		}
 		h(w, r)
 	})
+}
+
+// zeroIsNone turns a flag's 0, which means "none" on the command line,
+// into the negative value that means it to the broker (whose zero option
+// is "the default").
+func zeroIsNone[T int | time.Duration](v T) T {
+	if v == 0 {
+		return -1
+	}
+	return v
 }

@@ -231,3 +231,35 @@ func TestDrainingRoutes(t *testing.T) {
 		t.Fatalf("/ws while draining: %d %q", resp.StatusCode, code)
 	}
 }
+
+// Zero means "none" where that makes sense (--expiry-warning,
+// --presence-limit) and is refused where it does not; a negative value is
+// always refused, never silently the default.
+func TestConfigZeroAndNegative(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		ok   bool
+	}{
+		{[]string{"--expiry-warning", "0"}, true},
+		{[]string{"--presence-limit", "0"}, true},
+		{[]string{"--expiry-warning", "-1s"}, false},
+		{[]string{"--presence-limit", "-1"}, false},
+		{[]string{"--max-rooms", "0"}, false},
+		{[]string{"--max-sockets", "-1"}, false},
+		{[]string{"--ping-interval", "0"}, false},
+		{[]string{"--idle-timeout", "-1s"}, false},
+		{[]string{"--ping-interval", "30s", "--idle-timeout", "30s"}, false},
+		{[]string{"--drain-timeout", "0"}, false},
+		{[]string{"--history-per-room", "0"}, false},
+		{[]string{"--history-max-age", "-1h"}, false},
+	} {
+		var cfg Config
+		fs := newFlagSet("chatd", &cfg)
+		if err := parse(fs, tc.args, func(string) string { return "" }); err != nil {
+			t.Fatalf("%v: %v", tc.args, err)
+		}
+		if err := cfg.validate(); (err == nil) != tc.ok {
+			t.Errorf("%v: validate() = %v, want ok %v", tc.args, err, tc.ok)
+		}
+	}
+}

@@ -66,7 +66,7 @@ func newFlagSet(name string, cfg *Config) *flag.FlagSet {
 	fs.DurationVar(&cfg.TokenTTL, "token-ttl", 15*time.Minute, "lifetime of issued tokens")
 	fs.DurationVar(&cfg.JWTLeeway, "jwt-leeway", 0, "clock-skew allowance for exp, nbf and iat")
 	fs.DurationVar(&cfg.SessionMax, "session-max", 24*time.Hour, "how long a chain of refreshes may extend one login")
-	fs.DurationVar(&cfg.ExpiryWarning, "expiry-warning", 30*time.Second, "send the expiring frame this long before a socket's close")
+	fs.DurationVar(&cfg.ExpiryWarning, "expiry-warning", 30*time.Second, "send the expiring frame this long before a socket's close (0: never)")
 	fs.StringVar(&cfg.AllowedOrigins, "allowed-origins", "", "comma list of origins allowed to open /ws; * for any (default: the same host)")
 	fs.BoolVar(&cfg.OpenRegistration, "open-registration", true, "whether POST /register creates accounts")
 	fs.IntVar(&cfg.MaxMessageBytes, "max-message-bytes", 16384, "largest WebSocket message; larger closes 1009")
@@ -81,7 +81,7 @@ func newFlagSet(name string, cfg *Config) *flag.FlagSet {
 	fs.DurationVar(&cfg.HistoryMaxAge, "history-max-age", 0, "drop messages older than this (0: keep by count only)")
 	fs.IntVar(&cfg.MaxSockets, "max-sockets", 0, "open sockets before /ws answers 503 (0: no limit)")
 	fs.IntVar(&cfg.MaxRooms, "max-rooms", 100, "rooms one socket may be in")
-	fs.IntVar(&cfg.PresenceLimit, "presence-limit", 1000, "largest room whose members get presence join/leave events")
+	fs.IntVar(&cfg.PresenceLimit, "presence-limit", 1000, "largest room whose members get presence join/leave events (0: none)")
 	fs.Float64Var(&cfg.AuthRate, "auth-rate", 20, "POST /register and /auth requests per second per client address, burst twice that (0: no limit)")
 	fs.Float64Var(&cfg.WSRateLimit, "ws-rate-limit", 0, "GET /ws requests per second per client address, burst twice that; past it 429 (0: no limit)")
 	fs.IntVar(&cfg.BcryptCost, "bcrypt-cost", 10, "bcrypt cost of new password hashes (4-31)")
@@ -162,6 +162,34 @@ func (c *Config) validate() error {
 	}
 	if c.WSRateLimit < 0 {
 		errs = append(errs, errors.New("--ws-rate-limit must not be negative"))
+	}
+	if c.ExpiryWarning < 0 {
+		errs = append(errs, errors.New("--expiry-warning must not be negative (0: no expiring frame)"))
+	}
+	if c.PresenceLimit < 0 {
+		errs = append(errs, errors.New("--presence-limit must not be negative (0: no presence events)"))
+	}
+	if c.MaxRooms < 1 {
+		errs = append(errs, errors.New("--max-rooms must be at least 1"))
+	}
+	if c.MaxSockets < 0 {
+		errs = append(errs, errors.New("--max-sockets must not be negative (0: no limit)"))
+	}
+	if c.PingInterval <= 0 || c.IdleTimeout <= 0 {
+		errs = append(errs, errors.New("--ping-interval and --idle-timeout must be positive"))
+	} else if c.IdleTimeout <= c.PingInterval {
+		// A quiet client answers pings only: it would be dropped before
+		// the next one came.
+		errs = append(errs, errors.New("--idle-timeout must be longer than --ping-interval"))
+	}
+	if c.DrainTimeout <= 0 {
+		errs = append(errs, errors.New("--drain-timeout must be positive"))
+	}
+	if c.HistoryPerRoom < 1 {
+		errs = append(errs, errors.New("--history-per-room must be at least 1"))
+	}
+	if c.HistoryMaxAge < 0 {
+		errs = append(errs, errors.New("--history-max-age must not be negative (0: keep by count only)"))
 	}
 	if c.BcryptCost < 4 || c.BcryptCost > 31 {
 		errs = append(errs, errors.New("--bcrypt-cost must be 4-31"))

@@ -167,7 +167,7 @@ func serve(cfg Config, log zerolog.Logger) error {
 // openHistory returns the message store --history asks for.
 func openHistory(cfg Config, db *bolt.DB, log zerolog.Logger) (broker.History, error) {
 	if cfg.History == "memory" {
-		return broker.NewMemoryHistory(cfg.HistoryPerRoom), nil
+		return broker.NewMemoryHistory(cfg.HistoryPerRoom, cfg.HistoryMaxAge), nil
 	}
 	h, err := boltstore.New(db, boltstore.Options{MaxPerRoom: cfg.HistoryPerRoom, MaxAge: cfg.HistoryMaxAge, Logger: log})
 	if err != nil {

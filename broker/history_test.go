@@ -1,0 +1,56 @@
+package broker_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/chatd/chatd/broker"
+)
+
+// The memory store forgets by count and, with a maximum age, by age: an
+// aged message is pruned for After (recovered false) and Before alike.
+func TestMemoryHistoryPrunesByAge(t *testing.T) {
+	h := broker.NewMemoryHistory(10, time.Hour)
+	now := time.Now()
+	for seq := uint64(1); seq <= 6; seq++ {
+		ts := now.Add(-2 * time.Hour) // seqs 1-3 are two hours old
+		if seq > 3 {
+			ts = now
+		}
+		h.Append(broker.Message{Room: "r", Seq: seq, TS: ts.UnixMilli()}, nil)
+	}
+	seqs := func(ms []broker.Message) []uint64 {
+		var out []uint64
+		for _, m := range ms {
+			out = append(out, m.Seq)
+		}
+		return out
+	}
+	if ms, complete, _ := h.After("r", 0, 100); complete || len(ms) != 3 || ms[0].Seq != 4 {
+		t.Errorf("After(0) = %v complete %v, want 4-6, not complete", seqs(ms), complete)
+	}
+	if ms, complete, _ := h.After("r", 4, 100); !complete || len(ms) != 2 || ms[0].Seq != 5 {
+		t.Errorf("After(4) = %v complete %v, want 5-6, complete", seqs(ms), complete)
+	}
+	if ms, _ := h.Before("r", 0, 100); len(ms) != 3 || ms[0].Seq != 4 {
+		t.Errorf("Before(latest) = %v, want 4-6", seqs(ms))
+	}
+	if ms, _ := h.Before("r", 5, 100); len(ms) != 1 || ms[0].Seq != 4 {
+		t.Errorf("Before(5) = %v, want 4", seqs(ms))
+	}
+	if ms, _ := h.Before("r", 4, 100); len(ms) != 0 {
+		t.Errorf("Before(4) = %v, want none (1-3 aged out)", seqs(ms))
+	}
+
+	old := broker.NewMemoryHistory(10, time.Hour)
+	old.Append(broker.Message{Room: "r", Seq: 1, TS: now.Add(-2 * time.Hour).UnixMilli()}, nil)
+	if ms, complete, _ := old.After("r", 0, 100); complete || len(ms) != 0 {
+		t.Errorf("all aged: After(0) = %v complete %v, want none, not complete", seqs(ms), complete)
+	}
+	if ms, _ := old.Before("r", 0, 100); len(ms) != 0 {
+		t.Errorf("all aged: Before = %v, want none", seqs(ms))
+	}
+	if last, _ := old.LastSeq("r"); last != 1 {
+		t.Errorf("LastSeq = %d, want 1: seqs go on after pruning", last)
+	}
+}
