@@ -160,17 +160,19 @@ func (b *batch) flush(s *Store) error {
 	// Committed messages are now read from the database; failed ones are
 	// gone, and their done learns so below.
 	s.mu.Lock()
+	if err != nil {
+		s.lost = true
+	}
 	for room, rb := range b.rooms {
 		p := s.pending[room]
 		n := min(rb.n, len(p))
 		clear(p[:n]) // let the strings go before the array is reused
 		if n == len(p) {
 			delete(s.pending, room)
-			if err == nil && !s.unclean {
+			if err == nil {
 				// Everything of the room is on disk, where LastSeq finds
 				// it: forgetting it here keeps this map from growing
-				// with every room ever named. (After a crash it stays,
-				// as SeqFloor needs to know which rooms moved on.)
+				// with every room ever named.
 				delete(s.last, room)
 			}
 		} else {

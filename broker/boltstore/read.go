@@ -160,15 +160,25 @@ func (s *Store) LastSeq(room string) (uint64, error) {
 	return last, nil
 }
 
-// SeqFloor implements broker.History: after a crash, a room that has not
-// appended since adds CrashGap to its last stored seq.
+// SeqFloor implements broker.History: the room's last seq, or the floor
+// the last start after a crash set for it (raiseFloors), whichever is
+// higher.
 func (s *Store) SeqFloor(room string) (uint64, error) {
-	s.mu.Lock()
-	_, appended := s.last[room]
-	s.mu.Unlock()
 	last, err := s.LastSeq(room)
-	if err != nil || appended || !s.unclean {
-		return last, err
+	if err != nil {
+		return 0, err
 	}
-	return last + CrashGap, nil
+	var floor uint64
+	err = s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket([]byte(floorsBucket)).Get([]byte(room))
+		if v == nil && roomBucket(tx, room) == nil {
+			v = tx.Bucket([]byte(stateBucket)).Get([]byte(newRoomFloorKey))
+		}
+		floor = getUint64(v)
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("read seq floor of %q: %w", room, err)
+	}
+	return max(last, floor), nil
 }

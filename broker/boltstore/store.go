@@ -12,12 +12,17 @@
 //	history/<room>/<seq as 8-byte big-endian>  one message (see encode)
 //	history/<room>/<nine 0xff bytes>            room meta: last, pruned, count
 //
+// and beside it "history-state" (openKey while a Store is open, and the
+// floor of rooms never stored) and "history-floors" (per room, the seq
+// new messages continue above after a crash; see SeqFloor).
+//
 // The meta key is nine bytes long, so it never looks like a seq, and sorts
 // after every message key: it lives in the last leaf page, which an append
 // dirties anyway, so keeping it current costs no extra page write.
 package boltstore
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"sync"
@@ -37,6 +42,13 @@ const (
 	// it at start means the last process did not Close (it crashed).
 	stateBucket = "history-state"
 	openKey     = "open"
+	// newRoomFloorKey (in stateBucket) is the seq floor of a room with
+	// nothing stored: after a crash, its first messages may have been
+	// fanned out and lost.
+	newRoomFloorKey = "new-room-floor"
+	// floorsBucket holds, per room, the seq floor set at the last start
+	// after a crash: the room's last stored seq + CrashGap.
+	floorsBucket = "history-floors"
 	// CrashGap is how far every room's seq jumps after a crash. Messages
 	// are fanned out before their commit, so clients may have seen seqs
 	// that never reached the disk; reusing them for new messages would make
@@ -78,12 +90,12 @@ type Store struct {
 	opts Options
 	log  zerolog.Logger
 
-	// unclean is set when the previous process did not Close: SeqFloor
-	// then adds CrashGap to what the database holds.
-	unclean bool
-
 	mu     sync.Mutex
 	closed bool
+	// lost is set when a commit failed: messages fanned out with their
+	// seqs never reached the disk, so Close leaves the store marked open
+	// and the next start raises the floors as after a crash.
+	lost bool
 	// queue is what Append accepted and the commit loop has not yet taken.
 	queue []entry
 	// pending holds, per room in seq order, the messages whose transaction
@@ -130,22 +142,30 @@ func New(db *bolt.DB, opts Options) (*Store, error) {
 	if opts.PruneInterval <= 0 {
 		opts.PruneInterval = defaultPruneInterval
 	}
-	var unclean bool
 	if err := db.Update(func(tx *bolt.Tx) error {
-		if _, err := tx.CreateBucketIfNotExists([]byte(historyBucket)); err != nil {
+		hist, err := tx.CreateBucketIfNotExists([]byte(historyBucket))
+		if err != nil {
 			return err
 		}
 		state, err := tx.CreateBucketIfNotExists([]byte(stateBucket))
 		if err != nil {
 			return err
 		}
-		unclean = state.Get([]byte(openKey)) != nil
+		if _, err := tx.CreateBucketIfNotExists([]byte(floorsBucket)); err != nil {
+			return err
+		}
+		if state.Get([]byte(openKey)) != nil {
+			// The last process did not Close (it crashed, or a commit
+			// failed): raise every room's floor, for good.
+			if err := raiseFloors(tx, hist, state); err != nil {
+				return err
+			}
+		}
 		return state.Put([]byte(openKey), []byte{1})
 	}); err != nil {
 		return nil, fmt.Errorf("create history bucket: %w", err)
 	}
 	s := &Store{
-		unclean: unclean,
 		db:      db,
 		opts:    opts,
 		log:     opts.Logger.With().Str("component", "history").Logger(),
@@ -172,7 +192,10 @@ func (s *Store) Close() error {
 		s.mu.Unlock()
 		close(s.quit)
 		s.wg.Wait()
-		if s.closeErr == nil {
+		s.mu.Lock()
+		lost := s.lost
+		s.mu.Unlock()
+		if s.closeErr == nil && !lost {
 			// Everything is committed: the next start may continue each
 			// room's seq exactly.
 			s.closeErr = s.db.Update(func(tx *bolt.Tx) error {
@@ -181,4 +204,34 @@ func (s *Store) Close() error {
 		}
 	})
 	return s.closeErr
+}
+
+// raiseFloors records, after a crash, the seq each room must continue
+// above: CrashGap past its last stored seq, and for rooms with nothing
+// stored CrashGap past the previous such floor. The floors are kept, not
+// only used by this process: a room nobody writes to before the next clean
+// stop must still not reuse the seqs that were lost.
+func raiseFloors(tx *bolt.Tx, hist, state *bolt.Bucket) error {
+	floors := tx.Bucket([]byte(floorsBucket))
+	err := hist.ForEach(func(room, v []byte) error {
+		rb := hist.Bucket(room)
+		if v != nil || rb == nil {
+			return nil // not a room's bucket
+		}
+		floor := max(readMeta(rb).last, getUint64(floors.Get(room))) + CrashGap
+		return floors.Put(room, binary.BigEndian.AppendUint64(nil, floor))
+	})
+	if err != nil {
+		return fmt.Errorf("raise seq floors: %w", err)
+	}
+	floor := getUint64(state.Get([]byte(newRoomFloorKey))) + CrashGap
+	return state.Put([]byte(newRoomFloorKey), binary.BigEndian.AppendUint64(nil, floor))
+}
+
+// getUint64 decodes an 8-byte big-endian value; anything else is 0.
+func getUint64(v []byte) uint64 {
+	if len(v) != 8 {
+		return 0
+	}
+	return binary.BigEndian.Uint64(v)
 }
