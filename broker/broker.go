@@ -201,24 +201,34 @@ func (b *Broker) Revoke(jti string) {
 }
 
 // Shutdown stops accepting sockets, closes every open one with 1001 and
-// waits until they are gone or ctx ends, then force-closes what is left.
-// It does not close the History: its owner flushes it after Shutdown.
+// waits until they are gone or ctx ends, then force-closes what is left
+// and waits for them at most abortGrace more. It does not close the
+// History: its owner flushes it after Shutdown.
 func (b *Broker) Shutdown(ctx context.Context) error {
 	b.draining.Store(true)
 	b.registry.each(func(s *Session) { s.close(CloseGoingAway, false, nil) })
 	var err error
+	var abortEnd <-chan time.Time
 	for b.registry.len() > 0 {
 		select {
 		case <-b.gone:
 		case <-ctx.Done():
 			err = ctx.Err()
 			b.registry.each(func(s *Session) { s.abort() })
-			ctx = context.Background() // aborted sockets close at once
+			ctx = context.Background()        // aborted sockets close at once,
+			abortEnd = time.After(abortGrace) // and a process waiting to exit is not held past this
+		case <-abortEnd:
+			b.log.Warn().Int("sockets", b.registry.len()).Msg("sockets still open after the drain")
+			b.Close()
+			return err
 		}
 	}
 	b.Close()
 	return err
 }
+
+// abortGrace is how long Shutdown waits for the sockets it force-closed.
+const abortGrace = 250 * time.Millisecond
 
 // Close stops the broker's goroutines. Open sockets are not touched; use
 // Shutdown for that.

@@ -37,6 +37,7 @@ func (b *Broker) start(s *Session, c *authn.Claims, response []byte) {
 	if len(rooms) > 0 {
 		if err := s.join(General, nil, nil, false); err != nil {
 			b.log.Error().Err(err).Msg("join general")
+			rooms = rooms[:0] // the welcome must not claim it
 		}
 	}
 	// Shutdown or a logout may have swept the registry between their check
@@ -51,6 +52,8 @@ func (b *Broker) start(s *Session, c *authn.Claims, response []byte) {
 }
 
 // OnOpen implements gws.Event; start has done the work before the loop.
+// gws calls it again each time a parked socket's read loop resumes, so it
+// stays empty: what a socket needs once belongs in start.
 func (b *Broker) OnOpen(*gws.Conn) {}
 
 // OnClose implements gws.Event: the socket is gone, forget it everywhere.

@@ -1,6 +1,8 @@
 package broker_test
 
 import (
+	"errors"
+	"net/http"
 	"testing"
 	"time"
 
@@ -52,5 +54,27 @@ func TestMemoryHistoryPrunesByAge(t *testing.T) {
 	}
 	if last, _ := old.LastSeq("r"); last != 1 {
 		t.Errorf("LastSeq = %d, want 1: seqs go on after pruning", last)
+	}
+}
+
+// brokenHistory is a store that cannot be read.
+type brokenHistory struct{ broker.History }
+
+func (brokenHistory) LastSeq(string) (uint64, error) { return 0, errors.New("disk gone") }
+
+// A socket whose join of general failed is not told it is in general.
+func TestWelcomeWithoutAFailedJoin(t *testing.T) {
+	e := newEnv(t, broker.Options{History: brokenHistory{broker.NewMemoryHistory(10, 0)}})
+	c, err := e.dialHeader(http.Header{"Authorization": {"Bearer " + e.token("unlucky")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := c.next()
+	if rooms, _ := w["rooms"].([]any); w.str("type") != "welcome" || len(rooms) != 0 {
+		t.Fatalf("first frame %v, want a welcome with no rooms", w)
+	}
+	c.send(map[string]any{"type": "send", "room": "general", "text": "hi", "id": "1"})
+	if f := c.expect("error"); f.str("code") != "not_member" {
+		t.Fatalf("send to general: %v, want not_member", f)
 	}
 }
