@@ -108,7 +108,7 @@ func (s *Service) handleRegister(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, http.StatusConflict, "username_taken", "that username is taken")
 	case err != nil:
 		s.cfg.Log.Error().Err(err).Msg("register")
-		WriteError(w, http.StatusInternalServerError, "internal", "could not create the account")
+		WriteError(w, http.StatusInternalServerError, "internal_error", "could not create the account")
 	default:
 		s.cfg.Log.Info().Str("user", user.Name).Msg("registered")
 		writeJSON(w, http.StatusCreated, map[string]string{"username": user.Name})
@@ -155,13 +155,13 @@ func (s *Service) handleAuth(w http.ResponseWriter, r *http.Request) {
 	succeeded()
 	if err != nil {
 		s.cfg.Log.Error().Err(err).Msg("login")
-		WriteError(w, http.StatusInternalServerError, "internal", "could not log in")
+		WriteError(w, http.StatusInternalServerError, "internal_error", "could not log in")
 		return
 	}
 	issued, err := s.tokens.Issue(user)
 	if err != nil {
 		s.cfg.Log.Error().Err(err).Msg("issue token")
-		WriteError(w, http.StatusInternalServerError, "internal", "could not issue a token")
+		WriteError(w, http.StatusInternalServerError, "internal_error", "could not issue a token")
 		return
 	}
 	s.writeToken(w, issued)
@@ -189,7 +189,7 @@ func (s *Service) handleLogout(w http.ResponseWriter, r *http.Request) {
 	// accept the token.
 	if err := s.revoked.Revoke(claims.ID, claims.Expiry().Add(s.tokens.Leeway())); err != nil {
 		s.cfg.Log.Error().Err(err).Msg("logout")
-		WriteError(w, http.StatusInternalServerError, "internal", "could not revoke the token")
+		WriteError(w, http.StatusInternalServerError, "internal_error", "could not revoke the token")
 		return
 	}
 	s.cfg.Log.Info().Str("user", claims.Name).Str("sid", claims.SessionID).Msg("logout")

@@ -45,7 +45,7 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		b.metrics.handshakes.WithLabelValues(authn.Code(err)).Inc()
 		return
 	}
-	if max := b.opts.MaxSockets; max > 0 && b.registry.len() >= max {
+	if limit := b.opts.MaxSockets; limit > 0 && b.registry.len() >= limit {
 		w.Header().Set("Retry-After", "1")
 		authn.WriteError(w, http.StatusServiceUnavailable, "overloaded", "too many open sockets; try again")
 		b.metrics.handshakes.WithLabelValues("overloaded").Inc()
@@ -54,6 +54,7 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
 		w.Header().Set("Upgrade", "websocket")
 		authn.WriteError(w, http.StatusUpgradeRequired, "bad_request", "this endpoint only speaks WebSocket")
+		b.metrics.handshakes.WithLabelValues("bad_handshake").Inc()
 		return
 	}
 	if status, why := badHandshake(r); status != 0 {
@@ -79,7 +80,7 @@ func (b *Broker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	hj, ok := w.(http.Hijacker)
 	if !ok {
 		b.metrics.handshakes.WithLabelValues("bad_handshake").Inc()
-		authn.WriteError(w, http.StatusInternalServerError, "internal_error", "this connection cannot be upgraded")
+		authn.WriteError(w, http.StatusInternalServerError, CodeInternalError, "this connection cannot be upgraded")
 		return
 	}
 	nc, brw, err := hj.Hijack()

@@ -27,6 +27,8 @@ var ErrHistoryClosed = errors.New("history closed")
 type History interface {
 	// Append stores m. done is called exactly once, with nil when m is
 	// durable as far as the store promises, or with the error that lost it.
+	// It may run before Append returns, with the room's lock held, so it
+	// must not block or take a room's lock.
 	// A message passed to Append must be visible to After and Before at once,
 	// even before done runs.
 	Append(m Message, done func(error))

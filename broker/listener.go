@@ -11,7 +11,6 @@ import (
 	"os"
 	"runtime/debug"
 	"strconv"
-	"sync"
 	"time"
 )
 
@@ -37,7 +36,6 @@ type Listener struct {
 
 	conns chan net.Conn
 	done  chan struct{}
-	once  sync.Once
 	err   error // why the accept loop ended, once done is closed
 }
 

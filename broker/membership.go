@@ -166,7 +166,7 @@ func (s *Session) history(req *request) {
 	msgs, err := s.broker.opts.History.Before(req.Room, before, limit)
 	if err != nil {
 		s.broker.log.Error().Err(err).Str("room", req.Room).Msg("history")
-		s.sendError("internal_error", "history is unavailable; try again", req.ID)
+		s.sendError(CodeInternalError, "history is unavailable; try again", req.ID)
 		return
 	}
 	s.send(frame(opText, historyPayload(req.Room, s.withinBudget(msgs))))

@@ -4,13 +4,13 @@ import "github.com/prometheus/client_golang/prometheus"
 
 // metrics are the broker's Prometheus series.
 type metrics struct {
-	sockets    prometheus.Gauge
-	handshakes *prometheus.CounterVec // by result
-	upgraded   prometheus.Counter     // handshakes{result="ok"}, resolved once: it is counted per handshake
-	messages   prometheus.Counter
-	deliveries prometheus.Counter
-	closes     *prometheus.CounterVec // by close code
-	refused    *prometheus.CounterVec // refused requests, by error code
+	sockets     prometheus.Gauge
+	handshakes  *prometheus.CounterVec // by result
+	upgraded    prometheus.Counter     // handshakes{result="ok"}, resolved once: it is counted per handshake
+	messages    prometheus.Counter
+	deliveries  prometheus.Counter
+	closes      *prometheus.CounterVec // by close code
+	errorFrames *prometheus.CounterVec // error frames sent, by code
 }
 
 // newMetrics registers the broker's series with reg; parked counts the
@@ -32,12 +32,12 @@ func newMetrics(reg prometheus.Registerer, parked func() int) *metrics {
 		closes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "chatd_server_closes_total", Help: "Sockets closed by the server, by close code.",
 		}, []string{"code"}),
-		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+		errorFrames: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "chatd_errors_total", Help: "Error frames sent, by code.",
 		}, []string{"code"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.sockets, m.handshakes, m.messages, m.deliveries, m.closes, m.refused)
+		reg.MustRegister(m.sockets, m.handshakes, m.messages, m.deliveries, m.closes, m.errorFrames)
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "chatd_parked_sockets", Help: "Open sockets with nothing to read, held by the parker instead of a goroutine.",
 		}, func() float64 { return float64(parked()) }))

@@ -444,7 +444,8 @@ func (o *outbox) write(batch [][]byte) error {
 		_, err := o.conn.Write(batch[0])
 		return err
 	}
-	// net.Buffers consumes its slice; give it a copy of the header.
+	// WriteTo consumes bufs and overwrites the elements it shares with
+	// batch; every caller clears batch afterwards anyway.
 	bufs := net.Buffers(batch)
 	_, err = bufs.WriteTo(o.conn)
 	return err

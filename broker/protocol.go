@@ -28,6 +28,9 @@ const (
 	CodeInvalidToken  = "invalid_token"
 	CodeTokenExpired  = "token_expired"
 	CodeTokenRevoked  = "token_revoked"
+	// CodeInternalError is the server's own failure (its store), not the
+	// request's: the client may try again.
+	CodeInternalError = "internal_error"
 )
 
 // ExpiredMessage is the text of the token_expired error that precedes close

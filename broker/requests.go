@@ -21,8 +21,12 @@ const (
 // handle runs one client frame on the socket's read loop.
 func (s *Session) handle(data []byte, now time.Time) {
 	trimmed := bytes.TrimLeft(data, " \t\r\n")
-	if len(trimmed) > 0 && trimmed[0] != '{' || len(trimmed) == 0 && len(data) > 0 {
-		// Plain text chats in general, so wscat and the tutorial's page work.
+	plain := len(trimmed) > 0 && trimmed[0] != '{'
+	blank := len(trimmed) == 0 && len(data) > 0
+	if plain || blank {
+		// Plain text chats in general, so wscat and the tutorial's page
+		// work; so does text that is only blanks, as there. (An empty
+		// frame is a bad_request below.)
 		if s.allow(now, nil) {
 			s.sendText(General, string(data), nil)
 		}
@@ -68,7 +72,7 @@ func (s *Session) handle(data []byte, now time.Time) {
 		}
 		if err := s.join(req.Room, req.Since, req.ID, true); err != nil {
 			s.broker.log.Error().Err(err).Str("room", req.Room).Msg("join")
-			s.sendError("internal_error", "the room could not be joined; try again", req.ID)
+			s.sendError(CodeInternalError, "the room could not be joined; try again", req.ID)
 		}
 	case "leave":
 		if s.member(req.Room, req.ID) != nil {
@@ -158,7 +162,7 @@ func (s *Session) sendText(room, text string, id []byte) {
 	if id != nil {
 		done = func(err error) {
 			if err != nil {
-				s.sendError("internal_error", "the message could not be stored", id)
+				s.sendError(CodeInternalError, "the message could not be stored", id)
 				return
 			}
 			s.send(textFrame(ackFrame{Type: "ack", ID: id, Room: room, Seq: m.Seq}))
@@ -169,8 +173,8 @@ func (s *Session) sendText(room, text string, id []byte) {
 	r.seq++
 	r.latest = r.seq
 	m.Seq = r.seq
-	frame := frame(opText, messagePayload(&m))
-	n := r.broadcastLocked(frame, nil)
+	f := frame(opText, messagePayload(&m))
+	n := r.broadcastLocked(f, nil)
 	// Append under the lock too: the store sees each room's seqs in order.
 	b.opts.History.Append(m, done)
 	r.mu.Unlock()
@@ -193,9 +197,6 @@ func (s *Session) refresh(token string, id []byte) {
 	c, err := s.broker.opts.Verifier.Verify(token)
 	if err != nil {
 		code := authn.Code(err)
-		if errors.Is(err, authn.ErrMissingToken) {
-			code = CodeInvalidToken
-		}
 		s.sendError(code, "the token was refused: "+code, id)
 		return
 	}

@@ -233,9 +233,9 @@ func (s *Session) abort() {
 	_ = s.sock.Close()
 }
 
-// errorFrame sends an `error` frame answering a request with id.
+// sendError sends an `error` frame answering a request with id.
 func (s *Session) sendError(code, message string, id []byte) {
-	s.broker.metrics.refused.WithLabelValues(code).Inc()
+	s.broker.metrics.errorFrames.WithLabelValues(code).Inc()
 	s.send(textFrame(errorFrame{Type: "error", Code: code, Message: message, ID: id}))
 }
 

@@ -104,6 +104,7 @@ type ErrStatus struct {
 	Code   string
 }
 
+// Error says what the server answered instead of 101.
 func (e *ErrStatus) Error() string {
 	if e.Code != "" {
 		return fmt.Sprintf("handshake refused: %d %s", e.Status, e.Code)

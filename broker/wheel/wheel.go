@@ -122,7 +122,10 @@ func (w *Wheel) Schedule(t *Timer, at time.Time) {
 	}
 }
 
-// Cancel unschedules t and reports whether it was scheduled.
+// Cancel unschedules t and reports whether it was scheduled. A timer the
+// wheel has already taken to fire (due, its function not yet run) is not
+// scheduled any more: Cancel returns false and the function still runs,
+// so a timer's function must check that its work is still wanted.
 func (w *Wheel) Cancel(t *Timer) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()

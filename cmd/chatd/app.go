@@ -26,6 +26,7 @@ type app struct {
 	handler http.Handler
 
 	stopKeys context.CancelFunc // ends the outside keys' reloading
+	keysDone chan struct{}      // closed when the reloading has ended
 }
 
 // newApp opens the store in cfg.DataDir and builds every part.
@@ -119,8 +120,14 @@ func newApp(cfg Config, log zerolog.Logger) (a *app, err error) {
 	mux.Handle("/", assets.Handler())
 
 	ctx, stopKeys := context.WithCancel(context.Background())
+	keysDone := make(chan struct{})
 	if outside.configured() {
-		go outside.refresh(ctx, tokens, log.With().Str("component", "authn").Logger())
+		go func() {
+			defer close(keysDone)
+			outside.refresh(ctx, tokens, log.With().Str("component", "authn").Logger())
+		}()
+	} else {
+		close(keysDone)
 	}
 	return &app{
 		log:      log,
@@ -129,6 +136,7 @@ func newApp(cfg Config, log zerolog.Logger) (a *app, err error) {
 		broker:   b,
 		handler:  accessLog(log.With().Str("component", "http").Logger(), mux),
 		stopKeys: stopKeys,
+		keysDone: keysDone,
 	}, nil
 }
 
@@ -136,6 +144,7 @@ func newApp(cfg Config, log zerolog.Logger) (a *app, err error) {
 // already stored; this writes those still waiting for their commit.
 func (a *app) close() error {
 	a.stopKeys()
+	<-a.keysDone // no reload logs after close
 	a.broker.Close()
 	herr := a.history.Close()
 	derr := a.db.Close()

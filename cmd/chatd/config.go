@@ -118,8 +118,8 @@ func parse(fs *flag.FlagSet, args []string, getenv func(string) string) error {
 // validate refuses settings chatd cannot run with.
 func (c *Config) validate() error {
 	var errs []error
-	if c.JWTSecret != "" && len(c.JWTSecret) < 32 {
-		errs = append(errs, fmt.Errorf("--jwt-secret is %d bytes; it must be at least 32 (use a random value, e.g. `openssl rand -hex 32`)", len(c.JWTSecret)))
+	if c.JWTSecret != "" && len(c.JWTSecret) < authn.MinSecretBytes {
+		errs = append(errs, fmt.Errorf("--jwt-secret is %d bytes; it must be at least %d (use a random value, e.g. `openssl rand -hex 32`)", len(c.JWTSecret), authn.MinSecretBytes))
 	}
 	if c.TokenTTL <= 0 {
 		errs = append(errs, errors.New("--token-ttl must be positive"))

@@ -26,6 +26,7 @@ import (
 	"github.com/chatd/chatd/broker/boltstore"
 	"github.com/rs/zerolog"
 	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 	"golang.org/x/term"
 )
 
@@ -76,7 +77,7 @@ func openStore(dir string) (*bolt.DB, error) {
 	// The timeout turns "another chatd holds this file" into an error
 	// instead of a silent hang.
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
-	if errors.Is(err, bolt.ErrTimeout) {
+	if errors.Is(err, bolterrors.ErrTimeout) {
 		return nil, fmt.Errorf("open store %s: it is locked; is another chatd using this data dir?", path)
 	}
 	if err != nil {
