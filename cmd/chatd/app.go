@@ -25,6 +25,7 @@ type app struct {
 	broker  *broker.Broker
 	handler http.Handler
 
+	admin    *adminServer       // `chatd user add` beside this chatd; nil if the socket could not be made
 	stopKeys context.CancelFunc // ends the outside keys' reloading
 	keysDone chan struct{}      // closed when the reloading has ended
 }
@@ -69,6 +70,11 @@ func newApp(cfg Config, log zerolog.Logger) (a *app, err error) {
 	history, err := openHistory(cfg, db, log)
 	if err != nil {
 		return nil, err
+	}
+	admin, err := serveAdmin(cfg.DataDir, users, log.With().Str("component", "admin").Logger())
+	if err != nil {
+		// chatd serves without it; `chatd user add` then waits for a stop.
+		log.Warn().Str("component", "admin").Err(err).Msg("chatd user add will not reach this chatd")
 	}
 
 	reg := prometheus.NewRegistry()
@@ -135,6 +141,7 @@ func newApp(cfg Config, log zerolog.Logger) (a *app, err error) {
 		history:  history,
 		broker:   b,
 		handler:  accessLog(log.With().Str("component", "http").Logger(), mux),
+		admin:    admin,
 		stopKeys: stopKeys,
 		keysDone: keysDone,
 	}, nil
@@ -145,6 +152,9 @@ func newApp(cfg Config, log zerolog.Logger) (a *app, err error) {
 func (a *app) close() error {
 	a.stopKeys()
 	<-a.keysDone // no reload logs after close
+	if a.admin != nil {
+		a.admin.close()
+	}
 	a.broker.Close()
 	herr := a.history.Close()
 	derr := a.db.Close()

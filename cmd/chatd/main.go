@@ -194,14 +194,33 @@ func userAdd(args []string, stdin io.Reader, stderr io.Writer, getenv func(strin
 		}
 		return err
 	}
-	if fs.NArg() != 1 {
-		return errors.New("usage: chatd user add [--data-dir DIR] NAME (password on the first line of stdin)")
+	const usage = "usage: chatd user add [--data-dir DIR] NAME (password on the first line of stdin)"
+	if fs.NArg() == 0 {
+		return errors.New(usage)
+	}
+	name := fs.Arg(0)
+	if rest := fs.Args()[1:]; len(rest) > 0 {
+		// Flags after the name (`user add NAME --data-dir DIR`) count too.
+		if err := parse(fs, rest, getenv); err != nil {
+			return err
+		}
+		if fs.NArg() != 0 {
+			return errors.New(usage)
+		}
 	}
 	line, err := bufio.NewReader(stdin).ReadString('\n')
 	if err != nil && !(errors.Is(err, io.EOF) && line != "") {
 		return errors.New("read password: give it as the first line of standard input")
 	}
 	password := strings.TrimRight(line, "\r\n")
+	err = addUserToServer(cfg.DataDir, name, password)
+	if err == nil {
+		fmt.Fprintf(stderr, "user %s added (by the chatd running on %s)\n", name, cfg.DataDir)
+		return nil
+	}
+	if !errors.Is(err, errNoServer) {
+		return fmt.Errorf("add user %s: %w", name, err)
+	}
 	db, err := openStore(cfg.DataDir)
 	if err != nil {
 		return err
@@ -211,9 +230,9 @@ func userAdd(args []string, stdin io.Reader, stderr io.Writer, getenv func(strin
 	if err != nil {
 		return err
 	}
-	if _, err := users.Add(fs.Arg(0), password); err != nil {
-		return fmt.Errorf("add user %s: %w", fs.Arg(0), err)
+	if _, err := users.Add(name, password); err != nil {
+		return fmt.Errorf("add user %s: %w", name, err)
 	}
-	fmt.Fprintf(stderr, "user %s added\n", fs.Arg(0))
+	fmt.Fprintf(stderr, "user %s added\n", name)
 	return nil
 }

@@ -639,10 +639,26 @@ func TestUserAdd(t *testing.T) {
 		t.Errorf("the refused user erin can log in: %d", status)
 	}
 
-	// While the server holds the data dir, user add says so and stops.
-	code, out = add("frank", "frank-password\n")
-	requireCleanFailure(t, code, out, "locked")
+	// While the server holds the data dir, user add hands the user to it,
+	// flags after the name included, and the server refuses what it must.
+	if code, out := runChatd(t, nil, "frank-password\n", "user", "add", "frank", "--data-dir", dir); code != 0 {
+		t.Fatalf("user add frank beside the running chatd: status %d: %s", code, out)
+	}
+	p.login(t, "frank", "frank-password")
+	code, out = add("frank", "other-password\n")
+	requireCleanFailure(t, code, out, "taken")
+	code, out = add("grace", "short\n")
+	requireCleanFailure(t, code, out, "password")
 	p.stop()
+
+	// A socket file a crashed chatd left behind is not a server: user add
+	// opens the store itself.
+	if err := os.WriteFile(filepath.Join(dir, "chatd.sock"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, out := add("heidi", "heidi-password\n"); code != 0 {
+		t.Fatalf("user add with a stale socket file: status %d: %s", code, out)
+	}
 }
 
 // TestNATSNotBuilt: cluster mode is refused at start with a clear message.
