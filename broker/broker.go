@@ -275,9 +275,7 @@ func (b *Broker) checkOrigin(r *http.Request) bool {
 		return true
 	}
 	if len(b.opts.AllowedOrigins) == 0 {
-		// Same host: the Origin's host[:port] must be the request's Host.
-		_, hostPort, ok := strings.Cut(origin, "://")
-		return ok && strings.EqualFold(hostPort, r.Host)
+		return sameHost(origin, r.Host)
 	}
 	for _, allowed := range b.opts.AllowedOrigins {
 		if allowed == "*" || strings.EqualFold(allowed, origin) {
@@ -285,6 +283,48 @@ func (b *Broker) checkOrigin(r *http.Request) bool {
 		}
 	}
 	return false
+}
+
+// sameHost reports whether a web page at origin (http or https) is served
+// by host, the request's Host: the same name and the same port, where a
+// port left out is its scheme's default (http://example.com is
+// example.com:80). A Host without a port matches the origin's default
+// port, whichever scheme it has: behind a proxy that ends TLS, chatd does
+// not know which one the browser used.
+func sameHost(origin, host string) bool {
+	scheme, rest, ok := strings.Cut(origin, "://")
+	var defaultPort string
+	switch strings.ToLower(scheme) {
+	case "http":
+		defaultPort = "80"
+	case "https":
+		defaultPort = "443"
+	default:
+		return false
+	}
+	oName, oPort := splitHostPort(rest)
+	hName, hPort := splitHostPort(host)
+	if !ok || oName == "" || !strings.EqualFold(oName, hName) {
+		return false
+	}
+	if oPort == "" {
+		oPort = defaultPort
+	}
+	if hPort == "" {
+		return oPort == defaultPort
+	}
+	return oPort == hPort
+}
+
+// splitHostPort splits "name[:port]", where name may be a bracketed IPv6
+// address, into the name without brackets and the port ("" if none).
+func splitHostPort(s string) (name, port string) {
+	if i := strings.LastIndexByte(s, ':'); i > strings.LastIndexByte(s, ']') {
+		name, port = s[:i], s[i+1:]
+	} else {
+		name = s
+	}
+	return strings.TrimSuffix(strings.TrimPrefix(name, "["), "]"), port
 }
 
 // gwsLogger sends gws's own error lines (recovered panics) to zerolog.
