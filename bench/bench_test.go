@@ -45,7 +45,7 @@ func newServer(tb testing.TB) *server {
 	})
 	// Served as chatd serves it: upgrades through broker.Listener.
 	srv := httptest.NewUnstartedServer(b)
-	srv.Listener = broker.NewListener(srv.Listener, b, 5*time.Second)
+	srv.Listener = broker.NewListener(srv.Listener, b, 5*time.Second, zerolog.Nop())
 	srv.Start()
 	s := &server{broker: b, srv: srv, url: "ws" + strings.TrimPrefix(srv.URL, "http") + "/ws"}
 	tb.Cleanup(s.close)

@@ -14,6 +14,7 @@ import (
 	"github.com/chatd/chatd/broker"
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/lxzan/gws"
+	"github.com/rs/zerolog"
 )
 
 var testSecret = []byte("0123456789abcdef0123456789abcdef-test")
@@ -40,7 +41,7 @@ func newEnv(t testing.TB, opts broker.Options) *env {
 	// Served as chatd serves it: upgrades through broker.Listener (its
 	// sockets, reads and writes), anything else through the http.Server.
 	srv := httptest.NewUnstartedServer(b)
-	srv.Listener = broker.NewListener(srv.Listener, b, 5*time.Second)
+	srv.Listener = broker.NewListener(srv.Listener, b, 5*time.Second, zerolog.Nop())
 	srv.Start()
 	t.Cleanup(func() {
 		b.Close()

@@ -8,10 +8,11 @@ import (
 	"math"
 	"net"
 	"net/http"
-	"os"
 	"runtime/debug"
 	"strconv"
 	"time"
+
+	"github.com/rs/zerolog"
 )
 
 // Listener serves the WebSocket upgrade without net/http's connection
@@ -32,7 +33,8 @@ import (
 type Listener struct {
 	net.Listener
 	handler http.Handler
-	timeout time.Duration // to read the request line and headers
+	timeout time.Duration  // to read the request line and headers
+	log     zerolog.Logger // a handler's panic
 
 	conns chan net.Conn
 	done  chan struct{}
@@ -41,9 +43,14 @@ type Listener struct {
 
 // NewListener starts accepting on ln. h serves the upgrade requests it
 // takes; headerTimeout bounds reading them (as http.Server's
-// ReadHeaderTimeout does).
-func NewListener(ln net.Listener, h http.Handler, headerTimeout time.Duration) *Listener {
-	l := &Listener{Listener: ln, handler: h, timeout: headerTimeout, conns: make(chan net.Conn), done: make(chan struct{})}
+// ReadHeaderTimeout does). A panic in h is logged to log, with the field
+// component=listener.
+func NewListener(ln net.Listener, h http.Handler, headerTimeout time.Duration, log zerolog.Logger) *Listener {
+	l := &Listener{
+		Listener: ln, handler: h, timeout: headerTimeout,
+		log:   log.With().Str("component", "listener").Logger(),
+		conns: make(chan net.Conn), done: make(chan struct{}),
+	}
 	go l.acceptLoop()
 	return l
 }
@@ -199,7 +206,7 @@ func (l *Listener) serveUpgrade(c net.Conn, br *bufio.Reader, limited *headerLim
 		// As net/http does: a handler's panic ends its connection, not
 		// the server. (gws recovers the socket's own callbacks.)
 		if v := recover(); v != nil && v != http.ErrAbortHandler {
-			fmt.Fprintf(os.Stderr, "chatd: panic serving %s: %v\n%s", r.RemoteAddr, v, debug.Stack())
+			l.log.Error().Str("remote", r.RemoteAddr).Str("stack", string(debug.Stack())).Msgf("panic serving /ws: %v", v)
 		}
 		if !w.hijacked {
 			w.finish()

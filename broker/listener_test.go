@@ -13,6 +13,7 @@ import (
 
 	"github.com/chatd/chatd/bench/load"
 	"github.com/chatd/chatd/broker"
+	"github.com/rs/zerolog"
 )
 
 // listenerEnv serves a broker at /ws and a plain handler at /hello through
@@ -28,7 +29,7 @@ func listenerEnv(t *testing.T) (e *env, addr string) {
 	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	served := make(chan error, 1)
-	go func() { served <- srv.Serve(broker.NewListener(ln, mux, 5*time.Second)) }()
+	go func() { served <- srv.Serve(broker.NewListener(ln, mux, 5*time.Second, zerolog.Nop())) }()
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()

@@ -137,7 +137,7 @@ func serve(cfg Config, log zerolog.Logger) error {
 	served := make(chan error, 1)
 	// Upgrade requests are served by the broker's listener directly; the
 	// http.Server gets every other connection.
-	go func() { served <- srv.Serve(broker.NewListener(ln, a.handler, srv.ReadHeaderTimeout)) }()
+	go func() { served <- srv.Serve(broker.NewListener(ln, a.handler, srv.ReadHeaderTimeout, log)) }()
 	select {
 	case err := <-served:
 		a.close()
