@@ -65,6 +65,7 @@ type procRunner struct {
 	stdin  io.WriteCloser
 	once   sync.Once
 	exited chan struct{} // closed once the process has exited and its stderr is copied
+	quit   chan struct{} // closed by stop: nobody reads events any more
 }
 
 func startProc(ctx context.Context, p *plan, events chan<- event, stderr io.Writer) (*procRunner, error) {
@@ -86,7 +87,15 @@ func startProc(ctx context.Context, p *plan, events chan<- event, stderr io.Writ
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start worker %d: %w", p.Worker, err)
 	}
-	r := &procRunner{cmd: cmd, stdin: stdin, exited: make(chan struct{})}
+	r := &procRunner{cmd: cmd, stdin: stdin, exited: make(chan struct{}), quit: make(chan struct{})}
+	// send passes on an event unless the run has stopped reading them: a
+	// worker's last lines must not keep its process from being waited for.
+	send := func(ev event) {
+		select {
+		case events <- ev:
+		case <-r.quit:
+		}
+	}
 	go func() {
 		data, _ := json.Marshal(p)
 		_, _ = stdin.Write(append(data, '\n'))
@@ -98,12 +107,12 @@ func startProc(ctx context.Context, p *plan, events chan<- event, stderr io.Writ
 		for sc.Scan() {
 			var ev event
 			if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
-				events <- event{Worker: p.Worker, Error: "bad worker output: " + err.Error()}
+				send(event{Worker: p.Worker, Error: "bad worker output: " + err.Error()})
 				continue
 			}
 			ev.Worker = p.Worker
 			gotResult = gotResult || ev.Result != nil
-			events <- ev
+			send(ev)
 		}
 		err := cmd.Wait()
 		close(r.exited)
@@ -112,7 +121,7 @@ func startProc(ctx context.Context, p *plan, events chan<- event, stderr io.Writ
 			if err != nil {
 				msg += ": " + err.Error()
 			}
-			events <- event{Worker: p.Worker, Error: msg}
+			send(event{Worker: p.Worker, Error: msg})
 		}
 	}()
 	return r, nil
@@ -126,7 +135,10 @@ func (r *procRunner) start(at time.Time) {
 // has exited: its stderr goes to the caller's, which must not be written
 // by the two at once once orchestrate has returned.
 func (r *procRunner) stop() {
-	r.once.Do(func() { _ = r.stdin.Close() })
+	r.once.Do(func() {
+		close(r.quit)
+		_ = r.stdin.Close()
+	})
 	select {
 	case <-r.exited:
 	case <-time.After(10 * time.Second): // a worker that does not hear
