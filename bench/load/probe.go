@@ -19,12 +19,18 @@ type Probe struct {
 	recv   *Conn
 	stop   chan struct{}
 	done   chan struct{}
+	last   chan struct{} // closed when the receiver has the last message
+	once   sync.Once
 }
+
+// lastText marks the probe's last message: the room's messages arrive in
+// order, so once it is in, every earlier one is.
+const lastText = "last"
 
 // StartProbe opens a sender (token a) and a receiver (token b) with d,
 // both in room, and sends a message every `every` until Stop.
 func StartProbe(d *Dialer, a, b, room string, every time.Duration) (*Probe, error) {
-	p := &Probe{lat: NewHist(), stop: make(chan struct{}), done: make(chan struct{})}
+	p := &Probe{lat: NewHist(), stop: make(chan struct{}), done: make(chan struct{}), last: make(chan struct{})}
 	join := []byte(`{"type":"join","room":` + strconv.Quote(room) + `}`)
 	joined := make(chan struct{}, 2)
 	ev := &Events{
@@ -65,6 +71,7 @@ func StartProbe(d *Dialer, a, b, room string, every time.Duration) (*Probe, erro
 		for {
 			select {
 			case <-p.stop:
+				_ = p.sender.Write([]byte(prefix + lastText + `"}`))
 				return
 			case <-t.C:
 				_ = p.sender.Write([]byte(prefix + strconv.FormatInt(time.Now().UnixNano(), 10) + `"}`))
@@ -82,6 +89,10 @@ func (p *Probe) message(c *Conn, text []byte, at time.Time) {
 	if c != p.recv {
 		return
 	}
+	if string(text) == lastText {
+		p.once.Do(func() { close(p.last) })
+		return
+	}
 	if sent, err := strconv.ParseInt(string(text), 10, 64); err == nil {
 		p.mu.Lock()
 		p.lat.Record(at.Sub(time.Unix(0, sent)))
@@ -93,7 +104,10 @@ func (p *Probe) message(c *Conn, text []byte, at time.Time) {
 func (p *Probe) Stop() *Hist {
 	close(p.stop)
 	<-p.done
-	time.Sleep(50 * time.Millisecond) // the last messages in flight arrive
+	select { // the messages in flight arrive
+	case <-p.last:
+	case <-time.After(2 * time.Second): // the server is gone, or lost it
+	}
 	p.abort()
 	p.mu.Lock()
 	defer p.mu.Unlock()
