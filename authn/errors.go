@@ -26,20 +26,30 @@ var (
 	ErrBadPassword        = errors.New("password must be 8-256 bytes")
 )
 
+// The wire contract's codes for token errors, in HTTP bodies and error
+// frames alike.
+const (
+	CodeMissingToken   = "missing_token"
+	CodeInvalidToken   = "invalid_token"
+	CodeTokenExpired   = "token_expired"
+	CodeTokenRevoked   = "token_revoked"
+	CodeSessionExpired = "session_expired"
+)
+
 // Code returns the wire-contract error code for a token error, and
-// "invalid_token" for anything it does not know, so a caller never leaks an
-// internal error to a client.
+// CodeInvalidToken for anything it does not know, so a caller never leaks
+// an internal error to a client.
 func Code(err error) string {
 	switch {
 	case errors.Is(err, ErrMissingToken):
-		return "missing_token"
+		return CodeMissingToken
 	case errors.Is(err, ErrTokenExpired):
-		return "token_expired"
+		return CodeTokenExpired
 	case errors.Is(err, ErrTokenRevoked):
-		return "token_revoked"
+		return CodeTokenRevoked
 	case errors.Is(err, ErrSessionExpired):
-		return "session_expired"
+		return CodeSessionExpired
 	default:
-		return "invalid_token"
+		return CodeInvalidToken
 	}
 }

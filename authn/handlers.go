@@ -249,13 +249,13 @@ func tokenMessage(err error) string {
 		return "a token from the identity provider is refreshed by the identity provider"
 	}
 	switch Code(err) {
-	case "missing_token":
+	case CodeMissingToken:
 		return "no token was presented"
-	case "token_expired":
+	case CodeTokenExpired:
 		return "Your token is no longer valid. Please reauthenticate."
-	case "token_revoked":
+	case CodeTokenRevoked:
 		return "this token was revoked by a logout"
-	case "session_expired":
+	case CodeSessionExpired:
 		return "the login session reached its maximum length; log in again"
 	default:
 		return "the token is not valid"

@@ -9,7 +9,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-var revokedBucket = []byte("revoked")
+const revokedBucket = "revoked"
 
 // Revocations is the denylist of logged-out tokens, keyed by jti. It is kept
 // in the store so a restart does not forget it, and mirrored in memory
@@ -31,7 +31,7 @@ func NewRevocations(db *bolt.DB, now func() time.Time) (*Revocations, error) {
 	}
 	r := &Revocations{db: db, now: now, jtis: make(map[string]time.Time)}
 	err := db.Update(func(tx *bolt.Tx) error {
-		b, err := tx.CreateBucketIfNotExists(revokedBucket)
+		b, err := tx.CreateBucketIfNotExists([]byte(revokedBucket))
 		if err != nil {
 			return err
 		}
@@ -54,7 +54,7 @@ func (r *Revocations) Revoke(jti string, exp time.Time) error {
 	var v [8]byte
 	binary.BigEndian.PutUint64(v[:], uint64(exp.Unix()))
 	if err := r.db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(revokedBucket).Put([]byte(jti), v[:])
+		return tx.Bucket([]byte(revokedBucket)).Put([]byte(jti), v[:])
 	}); err != nil {
 		return fmt.Errorf("store revocation: %w", err)
 	}
@@ -98,7 +98,7 @@ func (r *Revocations) Prune() error {
 		return nil
 	}
 	if err := r.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(revokedBucket)
+		b := tx.Bucket([]byte(revokedBucket))
 		for _, jti := range dead {
 			if err := b.Delete([]byte(jti)); err != nil {
 				return err

@@ -7,9 +7,9 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-var (
-	metaBucket = []byte("authn")
-	secretKey  = []byte("jwt-secret")
+const (
+	metaBucket = "authn"
+	secretKey  = "jwt-secret"
 )
 
 // LoadOrCreateSecret returns the HS256 key kept in db, generating a random
@@ -17,11 +17,11 @@ var (
 func LoadOrCreateSecret(db *bolt.DB) ([]byte, error) {
 	var secret []byte
 	err := db.Update(func(tx *bolt.Tx) error {
-		b, err := tx.CreateBucketIfNotExists(metaBucket)
+		b, err := tx.CreateBucketIfNotExists([]byte(metaBucket))
 		if err != nil {
 			return err
 		}
-		if v := b.Get(secretKey); v != nil {
+		if v := b.Get([]byte(secretKey)); v != nil {
 			secret = append([]byte(nil), v...)
 			return nil
 		}
@@ -29,7 +29,7 @@ func LoadOrCreateSecret(db *bolt.DB) ([]byte, error) {
 		if _, err := rand.Read(secret); err != nil {
 			return err
 		}
-		return b.Put(secretKey, secret)
+		return b.Put([]byte(secretKey), secret)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("load or create jwt secret: %w", err)

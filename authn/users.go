@@ -19,7 +19,7 @@ type User struct {
 	Created time.Time `json:"created"`
 }
 
-var usersBucket = []byte("users")
+const usersBucket = "users"
 
 // Users keeps accounts in the embedded store, keyed by username, with
 // bcrypt password hashes.
@@ -36,7 +36,7 @@ func NewUsers(db *bolt.DB, cost int) (*Users, error) {
 		cost = bcrypt.DefaultCost
 	}
 	if err := db.Update(func(tx *bolt.Tx) error {
-		_, err := tx.CreateBucketIfNotExists(usersBucket)
+		_, err := tx.CreateBucketIfNotExists([]byte(usersBucket))
 		return err
 	}); err != nil {
 		return nil, fmt.Errorf("create users bucket: %w", err)
@@ -86,7 +86,7 @@ func (u *Users) Add(name, password string) (*User, error) {
 		return nil, err
 	}
 	err = u.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(usersBucket)
+		b := tx.Bucket([]byte(usersBucket))
 		if b.Get([]byte(name)) != nil {
 			return ErrUserExists
 		}
@@ -102,7 +102,7 @@ func (u *Users) Add(name, password string) (*User, error) {
 func (u *Users) Get(name string) (*User, error) {
 	var user *User
 	err := u.db.View(func(tx *bolt.Tx) error {
-		raw := tx.Bucket(usersBucket).Get([]byte(name))
+		raw := tx.Bucket([]byte(usersBucket)).Get([]byte(name))
 		if raw == nil {
 			return nil
 		}

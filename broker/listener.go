@@ -99,7 +99,7 @@ func (l *Listener) acceptLoop() {
 }
 
 // upgradePrefix is how an upgrade request starts ("GET /ws " or "GET /ws?").
-var upgradePrefix = []byte("GET /ws")
+const upgradePrefix = "GET /ws"
 
 // route serves c's first request here if it is GET /ws, else hands c over.
 func (l *Listener) route(c net.Conn) {
@@ -109,7 +109,7 @@ func (l *Listener) route(c net.Conn) {
 	limited := &headerLimit{Conn: c, left: maxHeaderBytes}
 	br := bufio.NewReaderSize(limited, readBufferSize)
 	head, _ := br.Peek(len(upgradePrefix) + 1)
-	if len(head) == len(upgradePrefix)+1 && bytes.HasPrefix(head, upgradePrefix) && (head[len(head)-1] == ' ' || head[len(head)-1] == '?') {
+	if len(head) == len(upgradePrefix)+1 && string(head[:len(upgradePrefix)]) == upgradePrefix && (head[len(head)-1] == ' ' || head[len(head)-1] == '?') {
 		l.serveUpgrade(c, br, limited)
 		return
 	}

@@ -148,7 +148,7 @@ func (s *Session) history(req *request) {
 	if req.Limit != nil {
 		limit = *req.Limit
 		if limit < 1 || limit > MaxHistoryLimit {
-			s.sendError(CodeBadRequest, "limit must be 1-200", req.ID)
+			s.sendError(CodeBadRequest, "limit must be 1-"+strconv.Itoa(MaxHistoryLimit), req.ID)
 			return
 		}
 	}

@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"reflect"
 	"strconv"
+
+	"github.com/chatd/chatd/authn"
 )
 
 // Limits of the message protocol (PROTOCOL.md).
@@ -25,9 +27,9 @@ const (
 	CodeRoomForbidden = "room_forbidden"
 	CodeTooLarge      = "too_large"
 	CodeRateLimited   = "rate_limited"
-	CodeInvalidToken  = "invalid_token"
-	CodeTokenExpired  = "token_expired"
-	CodeTokenRevoked  = "token_revoked"
+	CodeInvalidToken  = authn.CodeInvalidToken
+	CodeTokenExpired  = authn.CodeTokenExpired
+	CodeTokenRevoked  = authn.CodeTokenRevoked
 	// CodeInternalError is the server's own failure (its store), not the
 	// request's: the client may try again.
 	CodeInternalError = "internal_error"
@@ -246,6 +248,9 @@ func closeFrame(code uint16, reason string) []byte {
 	copy(p[2:], reason)
 	return frame(opClose, p)
 }
+
+// badRoomMessage is the error's text for a room name validRoom refuses.
+const badRoomMessage = "room must be 1-64 of A-Za-z0-9_.-"
 
 // validRoom reports whether name is 1-64 of A-Za-z0-9_.-.
 func validRoom(name string) bool {

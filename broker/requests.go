@@ -67,7 +67,7 @@ func (s *Session) handle(data []byte, now time.Time) {
 		s.sendText(req.Room, *req.Text, req.ID)
 	case "join":
 		if !validRoom(req.Room) {
-			s.sendError(CodeBadRequest, "room must be 1-64 of A-Za-z0-9_.-", req.ID)
+			s.sendError(CodeBadRequest, badRoomMessage, req.ID)
 			return
 		}
 		if err := s.join(req.Room, req.Since, req.ID, true); err != nil {
@@ -127,7 +127,7 @@ func (s *Session) strike(now time.Time) bool {
 // with an error and returns nil.
 func (s *Session) member(name string, id []byte) *Room {
 	if !validRoom(name) {
-		s.sendError(CodeBadRequest, "room must be 1-64 of A-Za-z0-9_.-", id)
+		s.sendError(CodeBadRequest, badRoomMessage, id)
 		return nil
 	}
 	m, ok := s.rooms[name]
