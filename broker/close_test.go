@@ -44,7 +44,12 @@ func upgradeRequest(version, token string) string {
 // rawDial upgrades a plain TCP connection with token.
 func (e *env) rawDial(t testing.TB, token string) *rawSocket {
 	t.Helper()
-	nc := tcpDial(t, e.srv.Listener.Addr().String())
+	return rawUpgrade(t, tcpDial(t, e.srv.Listener.Addr().String()), token)
+}
+
+// rawUpgrade upgrades nc with token.
+func rawUpgrade(t testing.TB, nc net.Conn, token string) *rawSocket {
+	t.Helper()
 	if _, err := io.WriteString(nc, upgradeRequest("13", token)); err != nil {
 		t.Fatal(err)
 	}

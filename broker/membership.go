@@ -8,14 +8,17 @@ import (
 	"strconv"
 )
 
-// maxReplay bounds the messages one join replays; a client further behind
-// gets the newest ones with recovered false and pages back with history.
-const maxReplay = 1000
+// replayPage bounds the messages of one page of a join's replay: the
+// pages go out one after another as the socket takes them, so a client
+// far behind gets every stored message, with no more of them in memory at
+// once than a page and the send queue hold.
+const replayPage = 1000
 
 // join makes the socket a member of room. With since, the stored messages
-// after it are queued right behind `joined`, under the room's lock, so no
-// live message can come between them, none is missed and none is sent
-// twice. answer is false for the implicit join of general at open.
+// after it follow `joined`, oldest first, and the socket becomes a member
+// under the room's lock with the last of them queued, so no live message
+// can come between them, none is missed and none is sent twice. answer is
+// false for the implicit join of general at open.
 func (s *Session) join(name string, since *uint64, id []byte, answer bool) error {
 	if s.allowed != nil && !slices.Contains(s.allowed, name) {
 		s.sendError(CodeRoomForbidden, "your token does not allow room "+name, id)
@@ -39,81 +42,132 @@ func (s *Session) join(name string, since *uint64, id []byte, answer bool) error
 		s.sendError(CodeRateLimited, "you are creating new rooms too fast; try again in a few seconds", id)
 		return nil
 	}
-	defer r.mu.Unlock()
 
 	joined := joinedFrame{Type: "joined", Room: name, Seq: r.latest}
-	frames := [][]byte{nil}
+	var frames [][]byte
+	if answer {
+		frames = append(frames, nil) // joined, once recovered is known
+	}
+	after, done := uint64(0), true
 	if since != nil {
 		// A member already had everything after it joined, live.
 		upTo := r.latest
 		if member {
 			upTo = s.rooms[name].since
 		}
-		replay, recovered, err := s.replay(name, *since, upTo)
+		page, next, complete, err := s.replay(name, *since, upTo)
 		if err != nil {
+			r.mu.Unlock()
 			return err
 		}
-		frames = append(frames, replay...)
-		joined.Recovered = &recovered
+		frames = append(frames, page...)
+		joined.Recovered = &complete
+		after, done = next, next >= upTo
 	}
 	if answer {
 		frames[0] = textFrame(joined)
-	} else {
-		frames = frames[1:]
 	}
-	if !member {
-		if r.addLocked(s) && len(r.members) <= b.opts.PresenceLimit {
-			r.broadcastLocked(textFrame(presenceFrame{Type: "presence", Room: name, Join: s.name}), s)
-		}
-		s.rooms[name] = membership{room: r, since: r.latest}
+	if !done {
+		// More than a page behind: the rest follows page by page, outside
+		// the room's lock, and the socket joins with the last page.
+		r.mu.Unlock()
+		s.out.pushForce(frames...)
+		return s.catchUp(name, after, member)
 	}
-	// Queued whole even past the bound: a client that asked to catch up is
-	// not slow for it. replay keeps it to what the queue has room for.
+	// Queued under the lock, so no live message comes before them, and
+	// whole even past the bound: a client that asked to catch up is not
+	// slow for it. replay keeps it to a page.
+	s.joinLocked(r, member)
 	s.out.pushForce(frames...)
+	r.mu.Unlock()
 	return nil
 }
 
-// replay returns the frames of room's stored messages with since < seq <=
-// upTo. It sends at most maxReplay messages and half the send queue's bytes,
-// the newest ones when it must cut. complete is false when it cut or when
-// the store had pruned some of them.
-func (s *Session) replay(room string, since, upTo uint64) (frames [][]byte, complete bool, err error) {
+// joinLocked makes the socket a member of r, whose lock is held, telling
+// the others (unless it was one already).
+func (s *Session) joinLocked(r *Room, member bool) {
+	if member {
+		return
+	}
+	if r.addLocked(s) && len(r.members) <= s.broker.opts.PresenceLimit {
+		r.broadcastLocked(textFrame(presenceFrame{Type: "presence", Room: r.name, Join: s.name}), s)
+	}
+	s.rooms[r.name] = membership{room: r, since: r.latest}
+}
+
+// catchUp sends the stored messages of room after seq, a page at a time
+// as the socket takes them, and for a socket not yet a member joins it
+// with the last page. It runs on the socket's read loop: the client's next
+// request waits for its replay, as it would have waited behind a long one.
+// A socket that takes no page within the write timeout is a slow consumer.
+func (s *Session) catchUp(name string, after uint64, member bool) error {
+	b := s.broker
+	for {
+		if !s.out.waitBelow(b.opts.SendQueueBytes/2, b.opts.WriteTimeout) {
+			if !s.out.gone() {
+				s.slow()
+			}
+			return nil
+		}
+		r, err := b.rooms.lockLive(name)
+		if err != nil {
+			return err
+		}
+		upTo := r.latest
+		if member {
+			upTo = s.rooms[name].since
+		}
+		page, next, _, err := s.replay(name, after, upTo)
+		if err != nil {
+			r.mu.Unlock()
+			return err
+		}
+		if next >= upTo {
+			// The last page, queued under the lock with the join: no live
+			// message comes before it.
+			s.joinLocked(r, member)
+			s.out.pushForce(page...)
+			r.mu.Unlock()
+			return nil
+		}
+		r.mu.Unlock()
+		s.out.pushForce(page...)
+		after = next
+	}
+}
+
+// replay returns the frames of a page of room's stored messages with since
+// < seq <= upTo, oldest first: at most replayPage of them and half the send
+// queue's bytes (less what is queued already), at least one. next is the
+// seq the page ends at (upTo when it is the last page); complete is false
+// when the store had pruned messages after since.
+func (s *Session) replay(room string, since, upTo uint64) (frames [][]byte, next uint64, complete bool, err error) {
 	if since >= upTo {
-		return nil, true, nil
+		return nil, upTo, true, nil
 	}
-	h := s.broker.opts.History
-	// Seqs may have gaps (a crash moves them on), so ask by count: one more
-	// than a replay carries tells whether the client is too far behind.
-	msgs, complete, err := h.After(room, since, maxReplay+1)
-	if err == nil && len(msgs) > maxReplay {
-		msgs, err = h.Before(room, upTo+1, maxReplay) // the newest ones
-		complete = false
-	}
+	msgs, complete, err := s.broker.opts.History.After(room, since, replayPage)
 	if err != nil {
-		return nil, false, err
+		return nil, 0, false, err
 	}
-	// Newest first, within the budget: half the send queue, less what is
-	// already queued, so several joins in a row (a reconnect rejoining
-	// every room) cannot fill the queue between them. Seqs above upTo are
-	// left out: a member already got those live.
 	budget := s.broker.opts.SendQueueBytes/2 - s.out.queued()
-	for i := len(msgs) - 1; i >= 0; i-- {
+	next = since
+	for i := range msgs {
 		m := &msgs[i]
 		if m.Seq > upTo {
-			continue
-		}
-		if m.Seq <= since {
+			next = upTo // a member already got those live
 			break
 		}
 		f := frame(opText, messagePayload(m))
 		if budget -= len(f); budget < 0 && len(frames) > 0 {
-			complete = false
-			break
+			return frames, next, complete, nil
 		}
 		frames = append(frames, f)
+		next = m.Seq
 	}
-	slices.Reverse(frames)
-	return frames, complete, nil
+	if len(msgs) < replayPage {
+		next = upTo // the store has nothing more up to upTo (seqs may have gaps)
+	}
+	return frames, next, complete, nil
 }
 
 // leaveAndTell leaves room and answers `left`, as the socket asked.

@@ -35,6 +35,7 @@ type outbox struct {
 	cut     bool
 	closing func()
 	dead    bool
+	taken   chan struct{} // closed when the queue is next taken (waitBelow)
 }
 
 // push queues frame. It returns false, queueing nothing, when the queue
@@ -134,6 +135,7 @@ func (o *outbox) take() (batch [][]byte, last, ok bool) {
 	batch = o.queue
 	o.queue = o.spare[:0]
 	o.bytes = 0
+	o.wakeWaitersLocked()
 	o.cut = false
 	// Once closing, nothing is queued after the close frames: this batch
 	// ends with them.
@@ -321,6 +323,7 @@ func (o *outbox) kill() bool {
 	}
 	o.dead = true
 	o.queue, o.spare, o.bytes = nil, nil, 0
+	o.wakeWaitersLocked()
 	o.mu.Unlock()
 	// A writer blocked on a peer that does not read returns at once.
 	_ = o.conn.SetWriteDeadline(time.Now())
@@ -396,6 +399,47 @@ func (o *outbox) gone() bool {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	return o.dead
+}
+
+// waitBelow waits until fewer than n bytes wait behind the write in flight,
+// and reports whether they do; false if the socket is closing or gone, or
+// timeout passed first.
+func (o *outbox) waitBelow(n int, timeout time.Duration) bool {
+	var deadline <-chan time.Time
+	for {
+		o.mu.Lock()
+		if o.dead || o.closing != nil {
+			o.mu.Unlock()
+			return false
+		}
+		if o.bytes < n {
+			o.mu.Unlock()
+			return true
+		}
+		if o.taken == nil {
+			o.taken = make(chan struct{})
+		}
+		taken := o.taken
+		o.mu.Unlock()
+		if deadline == nil {
+			t := time.NewTimer(timeout)
+			defer t.Stop()
+			deadline = t.C
+		}
+		select {
+		case <-taken:
+		case <-deadline:
+			return false
+		}
+	}
+}
+
+// wakeWaitersLocked wakes a waitBelow; o.mu is held.
+func (o *outbox) wakeWaitersLocked() {
+	if o.taken != nil {
+		close(o.taken)
+		o.taken = nil
+	}
 }
 
 // queued returns the bytes waiting behind the write in flight.

@@ -2,9 +2,11 @@ package broker_test
 
 import (
 	"fmt"
+	"net"
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -443,29 +445,103 @@ func flood(t *testing.T, write func(*gws.Conn) error, wantErrors int) {
 	}
 }
 
-// A join far behind replays only the newest messages (at most 1000, and
-// half the send queue in bytes) and says it did not recover everything.
-func TestReplayIsBounded(t *testing.T) {
-	e := newEnv(t, broker.Options{RateLimit: 1e6, History: broker.NewMemoryHistory(5000, 0), SendQueueBytes: 1 << 20})
+// A join far behind gets every stored message, in pages as it takes them
+// (more than one page by count, many by bytes), then the live ones with no
+// gap and none twice, also while the room goes on talking; the same for a
+// member rejoining with since.
+func TestReplayFarBehindIsComplete(t *testing.T) {
+	e := newEnv(t, broker.Options{RateLimit: 1e6, History: broker.NewMemoryHistory(5000, 0), SendQueueBytes: 64 << 10})
 	sender := e.dial(e.token("sender"))
-	for i := range 1500 {
-		_ = sender.conn.WriteString(fmt.Sprint(i))
-	}
-	for got := 0; got < 1500; {
-		if sender.next().str("type") == "message" {
-			got++
+	sender.send(map[string]any{"type": "join", "room": "far"})
+	sender.expect("joined")
+	pad := strings.Repeat("x", 200)
+	const stored = 2500
+	for i := range stored {
+		_ = sender.conn.WriteString(fmt.Sprintf(`{"type":"send","room":"far","text":"%d %s"}`, i, pad))
+		if i%100 == 99 { // the sender reads its own messages as it goes
+			for got := 0; got < 100; {
+				if sender.next().str("type") == "message" {
+					got++
+				}
+			}
 		}
 	}
+	go func() { // live traffic while the late socket catches up
+		for i := range 200 {
+			_ = sender.conn.WriteString(fmt.Sprintf(`{"type":"send","room":"far","text":"live %d"}`, i))
+		}
+	}()
 	late := e.dial(e.token("late"))
-	late.send(map[string]any{"type": "join", "room": "general", "since": 0})
+	late.send(map[string]any{"type": "join", "room": "far", "since": 0})
 	j := late.expect("joined")
-	if j["recovered"] != false || j.num("seq") != 1500 {
-		t.Fatalf("joined = %v, want recovered false at 1500", j)
+	if j["recovered"] != true || j.num("seq") < stored {
+		t.Fatalf("joined = %v, want recovered true at %d or later", j, stored)
 	}
-	for want := uint64(501); want <= 1500; want++ {
+	for want := uint64(1); want <= stored+200; want++ {
 		if m := late.expect("message"); m.num("seq") != want {
-			t.Fatalf("replayed seq %d, want %d", m.num("seq"), want)
+			t.Fatalf("got seq %d, want %d (joined at %d)", m.num("seq"), want, j.num("seq"))
 		}
+	}
+
+	// A member of general since its open, rejoining with since: the
+	// replay, in pages too, ends where its live messages began.
+	for i := range 1200 {
+		_ = sender.conn.WriteString(fmt.Sprint(i))
+		if i%100 == 99 { // in steps the small send queues take
+			for got := 0; got < 100; {
+				if m := sender.next(); m.str("type") == "message" && m.str("room") == "general" {
+					got++
+				}
+			}
+		}
+	}
+	member := e.dial(e.token("member")) // in general from seq 1200 on
+	member.send(map[string]any{"type": "join", "room": "general", "since": 0})
+	if j := member.expect("joined"); j["recovered"] != true || j.num("seq") != 1200 {
+		t.Fatalf("rejoin: joined = %v, want recovered true at 1200", j)
+	}
+	for want := uint64(1); want <= 1200; want++ {
+		if m := member.expect("message"); m.num("seq") != want || m.str("room") != "general" {
+			t.Fatalf("rejoin: got %v, want general seq %d", m, want)
+		}
+	}
+}
+
+// A socket that asks to catch up and then reads nothing holds one page and
+// the queue, not the whole history: it is closed as a slow consumer, and
+// the others go on.
+func TestCatchUpWithoutReadingIsSlow(t *testing.T) {
+	e := newEnv(t, broker.Options{RateLimit: 1e6, History: broker.NewMemoryHistory(5000, 0),
+		SendQueueBytes: 64 << 10, WriteTimeout: 500 * time.Millisecond})
+	sender := e.dial(e.token("sender"))
+	sender.send(map[string]any{"type": "join", "room": "big"})
+	sender.expect("joined")
+	pad := strings.Repeat("y", 1000)
+	for i := range 4500 { // 4.5 MB: more than the kernel's buffers take in
+		_ = sender.conn.WriteString(fmt.Sprintf(`{"type":"send","room":"big","text":"%d %s"}`, i, pad))
+		if i%50 == 49 {
+			for got := 0; got < 50; {
+				if sender.next().str("type") == "message" {
+					got++
+				}
+			}
+		}
+	}
+	// A small receive buffer from the start (a small window), so that the
+	// kernel does not take in the whole history on the deaf client's behalf.
+	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+		return c.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+	}}
+	nc, err := d.Dial("tcp", e.srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	deaf := rawUpgrade(t, nc, e.token("deaf"))
+	deaf.writeText(`{"type":"join","room":"big","since":0}`)
+	waitFor(t, 10*time.Second, "the socket that reads nothing closed", func() bool { return e.broker.Sockets() == 1 })
+	sender.send(map[string]any{"type": "send", "room": "big", "text": "still here"})
+	for sender.expect("message").str("text") != "still here" {
 	}
 }
 
