@@ -6,6 +6,7 @@ package broker
 import (
 	"slices"
 	"strconv"
+	"time"
 )
 
 // replayPage bounds the messages of one page of a join's replay: the
@@ -109,6 +110,9 @@ func (s *Session) catchUp(name string, after uint64, member bool) error {
 			}
 			return nil
 		}
+		// The socket takes its pages, so it is alive: its idle timeout
+		// must not run out while its read loop is here.
+		s.touch(time.Now())
 		r, err := b.rooms.lockLive(name)
 		if err != nil {
 			return err
