@@ -34,6 +34,9 @@ func (s *Session) handle(data []byte, now time.Time) {
 	}
 	var req request
 	err := json.Unmarshal(data, &req)
+	if string(req.ID) == "null" {
+		req.ID = nil // "id": null is no id, as a client's optional field often comes
+	}
 	if wrong, ok := errors.AsType[*json.UnmarshalTypeError](err); ok && validClientID(req.ID) {
 		// A JSON object with a field of the wrong type: encoding/json has
 		// still read the rest, so the error can carry the request's id.

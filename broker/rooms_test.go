@@ -124,6 +124,11 @@ func TestErrorsKeepTheSocketOpen(t *testing.T) {
 	c.send(map[string]any{"type": "send", "room": "general", "text": "still here", "id": "ok"})
 	c.expect("message")
 	c.expect("ack")
+	// "id": null is no id: sent, and not acked.
+	c.send(map[string]any{"type": "send", "room": "general", "text": "null id", "id": nil})
+	if m := c.expect("message"); m.str("text") != "null id" {
+		t.Fatalf("id null: %v, want the message", m)
+	}
 	// 4096 bytes is allowed.
 	c.send(map[string]any{"type": "send", "room": "general", "text": strings.Repeat("y", 4096)})
 	if m := c.expect("message"); len(m.str("text")) != 4096 {
