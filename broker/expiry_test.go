@@ -103,20 +103,6 @@ func TestExpiringWarning(t *testing.T) {
 	}
 }
 
-// A negative ExpiryWarning (--expiry-warning 0) sends no expiring frame:
-// the first frame after welcome is the token_expired error.
-func TestNoExpiryWarning(t *testing.T) {
-	e := newEnv(t, broker.Options{ExpiryWarning: -1})
-	tok, _ := expiringToken(t, "unwarned", 2*time.Second)
-	c := e.dial(tok)
-	if f := c.next(); f.str("type") != "error" || f.str("code") != "token_expired" {
-		t.Fatalf("first frame %v, want the token_expired error, no expiring", f)
-	}
-	if ev := c.waitClose(3 * time.Second); ev.code != 4001 {
-		t.Fatalf("close %d", ev.code)
-	}
-}
-
 func TestLeewayMovesTheClose(t *testing.T) {
 	e := newEnv(t, broker.Options{Leeway: 500 * time.Millisecond})
 	tok, exp := expiringToken(t, "lenient", time.Second)

@@ -31,3 +31,25 @@ func TestRefreshDoesNotMoveTheCloseGrace(t *testing.T) {
 		t.Fatal("the refresh moved the close grace: nothing fired")
 	}
 }
+
+// A negative ExpiryWarning (--expiry-warning 0) schedules no warning, even
+// for a token far from its end; the default schedules one.
+func TestNoWarningScheduled(t *testing.T) {
+	w := wheel.New(time.Millisecond, 0)
+	defer w.Stop()
+	for _, tc := range []struct {
+		warning time.Duration
+		want    bool
+	}{{-1, false}, {0, true}} {
+		opts := Options{ExpiryWarning: tc.warning}
+		opts.defaults()
+		s := &Session{broker: &Broker{wheel: w, opts: opts}}
+		s.expire = wheel.NewTimer(func() {})
+		s.warn = wheel.NewTimer(func() {})
+		s.schedule(time.Now().Add(time.Hour))
+		if got := w.Cancel(s.warn); got != tc.want {
+			t.Errorf("ExpiryWarning %v: warning scheduled %v, want %v", tc.warning, got, tc.want)
+		}
+		w.Cancel(s.expire)
+	}
+}

@@ -40,7 +40,9 @@ func (s *Session) join(name string, since *uint64, id []byte, answer bool) error
 		// each name sent to costs the store a bucket for good.
 		r.mu.Unlock()
 		b.rooms.dropIfEmpty(r)
-		s.sendError(CodeRateLimited, "you are creating new rooms too fast; try again in a few seconds", id)
+		if s.strike(time.Now()) { // as every rate_limited: ten in 10 s, then 1008
+			s.sendError(CodeRateLimited, "you are creating new rooms too fast; try again in a few seconds", id)
+		}
 		return nil
 	}
 

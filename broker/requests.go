@@ -160,7 +160,7 @@ func (s *Session) sendText(room, text string, id []byte) {
 		return
 	}
 	b := s.broker
-	m := Message{Room: room, ID: b.messageID(), From: s.name, Text: text, TS: time.Now().UnixMilli()}
+	m := Message{Room: room, ID: b.messageID(), From: s.name, Text: text}
 	var done func(error)
 	if id != nil {
 		done = func(err error) {
@@ -176,6 +176,9 @@ func (s *Session) sendText(room, text string, id []byte) {
 	r.seq++
 	r.latest = r.seq
 	m.Seq = r.seq
+	// Stamped under the lock, so ts rises with seq (unless the clock steps
+	// back): the memory history's max age relies on it.
+	m.TS = time.Now().UnixMilli()
 	f := frame(opText, messagePayload(&m))
 	n := r.broadcastLocked(f, nil)
 	// Append under the lock too: the store sees each room's seqs in order.

@@ -622,6 +622,18 @@ func TestNewRoomsAreLimited(t *testing.T) {
 	d := e.dial(e.token("other")) // joining an existing room is not creating one
 	d.send(map[string]any{"type": "join", "room": "new0"})
 	d.expect("joined")
+
+	// As every rate_limited: going on after ten within 10 s closes 1008.
+	for i := range 9 {
+		c.send(map[string]any{"type": "join", "room": fmt.Sprint("again", i)})
+		if f := c.expect("error"); f.str("code") != "rate_limited" {
+			t.Fatalf("new room %d past the limit: %v, want rate_limited", i, f)
+		}
+	}
+	c.send(map[string]any{"type": "join", "room": "once-more"})
+	if ev := c.waitClose(5 * time.Second); ev.code != 1008 {
+		t.Fatalf("close %d, want 1008", ev.code)
+	}
 }
 
 // A broadcast into a room larger than one fan-out chunk (128 members per

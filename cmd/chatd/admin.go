@@ -3,8 +3,9 @@ package main
 // `chatd user add` beside a running chatd. The store is one bbolt file,
 // which one process at a time may open, so while chatd runs the command
 // cannot add the user itself. The running chatd listens on a Unix socket
-// in its data dir instead, and the command hands it the user to add. Only
-// who may enter the data dir (and so could read the store) reaches it.
+// in its data dir instead, and the command hands it the user to add. The
+// socket lives in a directory of its own, made 0700 before the socket is:
+// only chatd's user reaches it, from the moment it exists.
 
 import (
 	"context"
@@ -23,8 +24,10 @@ import (
 	"github.com/rs/zerolog"
 )
 
-// adminSocket is the name of the Unix socket in the data dir.
-const adminSocket = "chatd.sock"
+// adminSocket is the Unix socket's path in the data dir. Unix socket
+// paths are short (107 bytes on Linux): in a data dir whose path is longer
+// than about 90, chatd logs a warning and user add must wait for a stop.
+const adminSocket = "admin/chatd.sock"
 
 // userRequest is what `chatd user add` sends the running chatd.
 type userRequest struct {
@@ -44,13 +47,17 @@ type adminServer struct {
 // crashed chatd's and is replaced.
 func serveAdmin(dir string, users *authn.Users, log zerolog.Logger) (*adminServer, error) {
 	path := filepath.Join(dir, adminSocket)
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("admin socket: %w", err)
+	}
+	// Also when it was there already: nobody else may connect, not even
+	// between the socket's creation and a chmod of it.
+	if err := os.Chmod(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("admin socket: %w", err)
+	}
 	_ = os.Remove(path)
 	ln, err := net.Listen("unix", path)
 	if err != nil {
-		return nil, fmt.Errorf("admin socket %s: %w", path, err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
 		return nil, fmt.Errorf("admin socket %s: %w", path, err)
 	}
 	mux := http.NewServeMux()
@@ -86,9 +93,14 @@ func serveAdmin(dir string, users *authn.Users, log zerolog.Logger) (*adminServe
 	return a, nil
 }
 
-// close stops the admin socket and removes its file.
+// close stops the admin socket, letting a user being added finish, and
+// removes its file.
 func (a *adminServer) close() {
-	_ = a.srv.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if a.srv.Shutdown(ctx) != nil {
+		_ = a.srv.Close()
+	}
 	<-a.done
 	_ = os.Remove(a.path)
 }

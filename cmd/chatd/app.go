@@ -79,24 +79,9 @@ func newApp(cfg Config, log zerolog.Logger) (a *app, err error) {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	b := broker.New(broker.Options{
-		Verifier:        tokens,
-		History:         history,
-		AllowedOrigins:  cfg.origins(),
-		MaxMessageBytes: cfg.MaxMessageBytes,
-		RateLimit:       cfg.RateLimit,
-		UpgradeRate:     cfg.WSRateLimit,
-		SendQueueBytes:  cfg.SendQueueBytes,
-		ExpiryWarning:   zeroIsNone(cfg.ExpiryWarning),
-		Leeway:          cfg.JWTLeeway,
-		MaxRooms:        cfg.MaxRooms,
-		PresenceLimit:   zeroIsNone(cfg.PresenceLimit),
-		MaxSockets:      cfg.MaxSockets,
-		PingInterval:    cfg.PingInterval,
-		IdleTimeout:     cfg.IdleTimeout,
-		Log:             log,
-		Metrics:         reg,
-	})
+	opts := cfg.brokerOptions()
+	opts.Verifier, opts.History, opts.Log, opts.Metrics = tokens, history, log, reg
+	b := broker.New(opts)
 	authRate := cfg.AuthRate
 	if authRate == 0 {
 		authRate = -1 // authn's "no limit"
@@ -176,6 +161,24 @@ func readOnly(h http.HandlerFunc) http.Handler {
 		}
 		h(w, r)
 	})
+}
+
+// brokerOptions are the broker's settings from the flags.
+func (c *Config) brokerOptions() broker.Options {
+	return broker.Options{
+		AllowedOrigins:  c.origins(),
+		MaxMessageBytes: c.MaxMessageBytes,
+		RateLimit:       c.RateLimit,
+		UpgradeRate:     c.WSRateLimit,
+		SendQueueBytes:  c.SendQueueBytes,
+		ExpiryWarning:   zeroIsNone(c.ExpiryWarning),
+		Leeway:          c.JWTLeeway,
+		MaxRooms:        c.MaxRooms,
+		PresenceLimit:   zeroIsNone(c.PresenceLimit),
+		MaxSockets:      c.MaxSockets,
+		PingInterval:    c.PingInterval,
+		IdleTimeout:     c.IdleTimeout,
+	}
 }
 
 // zeroIsNone turns a flag's 0, which means "none" on the command line,

@@ -262,4 +262,21 @@ func TestConfigZeroAndNegative(t *testing.T) {
 			t.Errorf("%v: validate() = %v, want ok %v", tc.args, err, tc.ok)
 		}
 	}
+
+	// The broker's zero option is its default: 0 on the command line must
+	// reach it as "none".
+	var cfg Config
+	fs := newFlagSet("chatd", &cfg)
+	if err := parse(fs, []string{"--expiry-warning", "0", "--presence-limit", "0"}, func(string) string { return "" }); err != nil {
+		t.Fatal(err)
+	}
+	if o := cfg.brokerOptions(); o.ExpiryWarning >= 0 || o.PresenceLimit >= 0 {
+		t.Errorf("0 reached the broker as ExpiryWarning %v, PresenceLimit %d: want both negative (none)", o.ExpiryWarning, o.PresenceLimit)
+	}
+	if err := parse(fs, []string{"--expiry-warning", "5s", "--presence-limit", "7"}, func(string) string { return "" }); err != nil {
+		t.Fatal(err)
+	}
+	if o := cfg.brokerOptions(); o.ExpiryWarning != 5*time.Second || o.PresenceLimit != 7 {
+		t.Errorf("ExpiryWarning %v, PresenceLimit %d: want 5s and 7", o.ExpiryWarning, o.PresenceLimit)
+	}
 }

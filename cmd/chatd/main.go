@@ -68,6 +68,9 @@ func run(args []string, stdin io.Reader, stderr io.Writer, getenv func(string) s
 	return serve(cfg, log)
 }
 
+// errStoreLocked means another process holds the store.
+var errStoreLocked = errors.New("it is locked; is another chatd using this data dir?")
+
 // openStore opens (creating) the one database file in dir.
 func openStore(dir string) (*bolt.DB, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -78,7 +81,7 @@ func openStore(dir string) (*bolt.DB, error) {
 	// instead of a silent hang.
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
 	if errors.Is(err, bolterrors.ErrTimeout) {
-		return nil, fmt.Errorf("open store %s: it is locked; is another chatd using this data dir?", path)
+		return nil, fmt.Errorf("open store %s: %w", path, errStoreLocked)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("open store %s: %w (is it a chatd data file? move it away to start afresh)", path, err)
@@ -152,7 +155,12 @@ func serve(cfg Config, log zerolog.Logger) error {
 	log.Info().Str("component", "main").Dur("timeout", cfg.DrainTimeout).Msg("draining")
 	drain, cancel := context.WithTimeout(context.Background(), cfg.DrainTimeout)
 	defer cancel()
-	if err := a.broker.Shutdown(drain); err != nil {
+	// The sockets get the drain less a reserve: sockets dropped at their
+	// deadline may take a moment more to go, and the history's last
+	// commit comes after them, all within --drain-timeout.
+	sockets, cancelSockets := context.WithTimeout(drain, cfg.DrainTimeout-min(cfg.DrainTimeout/4, time.Second))
+	defer cancelSockets()
+	if err := a.broker.Shutdown(sockets); err != nil {
 		log.Warn().Str("component", "main").Err(err).Msg("drain timed out; remaining sockets dropped")
 	}
 	if err := srv.Shutdown(drain); err != nil {
@@ -202,6 +210,9 @@ func userAdd(args []string, stdin io.Reader, stderr io.Writer, getenv func(strin
 	if rest := fs.Args()[1:]; len(rest) > 0 {
 		// Flags after the name (`user add NAME --data-dir DIR`) count too.
 		if err := parse(fs, rest, getenv); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil
+			}
 			return err
 		}
 		if fs.NArg() != 0 {
@@ -222,6 +233,10 @@ func userAdd(args []string, stdin io.Reader, stderr io.Writer, getenv func(strin
 		return fmt.Errorf("add user %s: %w", name, err)
 	}
 	db, err := openStore(cfg.DataDir)
+	if errors.Is(err, errStoreLocked) {
+		return fmt.Errorf("%w\n(a running chatd takes new users on %s, which it could not make: see its log)",
+			err, filepath.Join(cfg.DataDir, adminSocket))
+	}
 	if err != nil {
 		return err
 	}

@@ -653,7 +653,7 @@ func TestUserAdd(t *testing.T) {
 
 	// A socket file a crashed chatd left behind is not a server: user add
 	// opens the store itself.
-	if err := os.WriteFile(filepath.Join(dir, "chatd.sock"), nil, 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "admin", "chatd.sock"), nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if code, out := add("heidi", "heidi-password\n"); code != 0 {
