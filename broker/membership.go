@@ -75,7 +75,7 @@ func (s *Session) join(name string, since *uint64, id []byte, answer bool) error
 		// the room's lock, and the socket joins with the last page.
 		r.mu.Unlock()
 		s.out.pushForce(frames...)
-		return s.catchUp(name, after, member)
+		return s.catchUp(r, after, member)
 	}
 	// Queued under the lock, so no live message comes before them, and
 	// whole even past the bound: a client that asked to catch up is not
@@ -98,13 +98,18 @@ func (s *Session) joinLocked(r *Room, member bool) {
 	s.rooms[r.name] = membership{room: r, since: r.latest}
 }
 
-// catchUp sends the stored messages of room after seq, a page at a time
+// catchUp sends the stored messages of room r after seq, a page at a time
 // as the socket takes them, and for a socket not yet a member joins it
 // with the last page. It runs on the socket's read loop: the client's next
 // request waits for its replay, as it would have waited behind a long one.
 // A socket that takes no page within the write timeout is a slow consumer.
-func (s *Session) catchUp(name string, after uint64, member bool) error {
-	b := s.broker
+func (s *Session) catchUp(r *Room, after uint64, member bool) (err error) {
+	b, name := s.broker, r.name
+	defer func() {
+		if _, joined := s.rooms[name]; !joined && r != nil {
+			b.rooms.dropIfEmpty(r) // the room the join may have made, left behind
+		}
+	}()
 	for {
 		if !s.out.waitBelow(b.opts.SendQueueBytes/2, b.opts.WriteTimeout) {
 			if !s.out.gone() {
@@ -115,8 +120,7 @@ func (s *Session) catchUp(name string, after uint64, member bool) error {
 		// The socket takes its pages, so it is alive: its idle timeout
 		// must not run out while its read loop is here.
 		s.touch(time.Now())
-		r, err := b.rooms.lockLive(name)
-		if err != nil {
+		if r, err = b.rooms.lockLive(name); err != nil {
 			return err
 		}
 		upTo := r.latest
