@@ -15,6 +15,11 @@ import (
 // once than a page and the send queue hold.
 const replayPage = 1000
 
+// catchUpBytes bounds a page after the first: each write must finish
+// within the write timeout, so the pages a slow link waits for are small
+// (64 KiB in 10 s is 6.4 KB/s).
+const catchUpBytes = 64 << 10
+
 // join makes the socket a member of room. With since, the stored messages
 // after it follow `joined`, oldest first, and the socket becomes a member
 // under the room's lock with the last of them queued, so no live message
@@ -111,7 +116,9 @@ func (s *Session) catchUp(r *Room, after uint64, member bool) (err error) {
 		}
 	}()
 	for {
-		if !s.out.waitBelow(b.opts.SendQueueBytes/2, b.opts.WriteTimeout) {
+		// A page goes out once nothing waits behind the write in flight:
+		// one page in the kernel's hands, the next ready behind it.
+		if !s.out.waitBelow(1, b.opts.WriteTimeout) {
 			if !s.out.gone() {
 				s.slow()
 			}
@@ -127,7 +134,7 @@ func (s *Session) catchUp(r *Room, after uint64, member bool) (err error) {
 		if member {
 			upTo = s.rooms[name].since
 		}
-		page, next, _, err := s.replay(name, after, upTo)
+		page, next, _, err := s.replayWithin(name, after, upTo, min(catchUpBytes, b.opts.SendQueueBytes/2))
 		if err != nil {
 			r.mu.Unlock()
 			return err
@@ -152,6 +159,12 @@ func (s *Session) catchUp(r *Room, after uint64, member bool) (err error) {
 // seq the page ends at (upTo when it is the last page); complete is false
 // when the store had pruned messages after since.
 func (s *Session) replay(room string, since, upTo uint64) (frames [][]byte, next uint64, complete bool, err error) {
+	return s.replayWithin(room, since, upTo, s.broker.opts.SendQueueBytes/2-s.out.queued())
+}
+
+// replayWithin is replay with a page of at most budget bytes (at least one
+// message).
+func (s *Session) replayWithin(room string, since, upTo uint64, budget int) (frames [][]byte, next uint64, complete bool, err error) {
 	if since >= upTo {
 		return nil, upTo, true, nil
 	}
@@ -159,7 +172,6 @@ func (s *Session) replay(room string, since, upTo uint64) (frames [][]byte, next
 	if err != nil {
 		return nil, 0, false, err
 	}
-	budget := s.broker.opts.SendQueueBytes/2 - s.out.queued()
 	next = since
 	for i := range msgs {
 		m := &msgs[i]
