@@ -252,6 +252,16 @@ func TestConfigZeroAndNegative(t *testing.T) {
 		{[]string{"--drain-timeout", "0"}, false},
 		{[]string{"--history-per-room", "0"}, false},
 		{[]string{"--history-max-age", "-1h"}, false},
+		{[]string{"--token-ttl", "500ms"}, false}, // exp is whole seconds
+		{[]string{"--token-ttl", "1s"}, true},
+		{[]string{"--rate-limit", "NaN"}, false},
+		{[]string{"--auth-rate", "Inf"}, false},
+		{[]string{"--ws-rate-limit", "NaN"}, false},
+		{[]string{"--ping-interval", "1ns", "--idle-timeout", "2ns"}, false},
+		{[]string{"--bcrypt-cost", "17"}, false},
+		{[]string{"--allowed-origins", "foo"}, false},
+		{[]string{"--allowed-origins", "https://chat.example, *"}, true},
+		{[]string{"--data-dir", ""}, false},
 	} {
 		var cfg Config
 		fs := newFlagSet("chatd", &cfg)
@@ -260,6 +270,12 @@ func TestConfigZeroAndNegative(t *testing.T) {
 		}
 		if err := cfg.validate(); (err == nil) != tc.ok {
 			t.Errorf("%v: validate() = %v, want ok %v", tc.args, err, tc.ok)
+		}
+	}
+
+	for level, ok := range map[string]bool{"debug": true, "error": true, "panic": false, "disabled": false, "5": false, "": false} {
+		if _, err := newLogger(level, "json", io.Discard); (err == nil) != ok {
+			t.Errorf("--log-level %q: %v, want ok %v", level, err, ok)
 		}
 	}
 

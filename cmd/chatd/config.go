@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"math"
 	"net/url"
 	"strings"
 	"time"
@@ -84,7 +85,7 @@ func newFlagSet(name string, cfg *Config) *flag.FlagSet {
 	fs.IntVar(&cfg.PresenceLimit, "presence-limit", 1000, "largest room whose members get presence join/leave events (0: none)")
 	fs.Float64Var(&cfg.AuthRate, "auth-rate", 20, "POST /register and /auth requests per second per client address, burst twice that (0: no limit)")
 	fs.Float64Var(&cfg.WSRateLimit, "ws-rate-limit", 0, "GET /ws requests per second per client address, burst twice that; past it 429 (0: no limit)")
-	fs.IntVar(&cfg.BcryptCost, "bcrypt-cost", 10, "bcrypt cost of new password hashes (4-31)")
+	fs.IntVar(&cfg.BcryptCost, "bcrypt-cost", 10, "bcrypt cost of new password hashes (4-16)")
 	fs.DurationVar(&cfg.PingInterval, "ping-interval", 25*time.Second, "how often the server pings each socket")
 	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", 60*time.Second, "close a socket that sends nothing (not even a pong) this long")
 	return fs
@@ -121,8 +122,9 @@ func (c *Config) validate() error {
 	if c.JWTSecret != "" && len(c.JWTSecret) < authn.MinSecretBytes {
 		errs = append(errs, fmt.Errorf("--jwt-secret is %d bytes; it must be at least %d (use a random value, e.g. `openssl rand -hex 32`)", len(c.JWTSecret), authn.MinSecretBytes))
 	}
-	if c.TokenTTL <= 0 {
-		errs = append(errs, errors.New("--token-ttl must be positive"))
+	if c.TokenTTL < time.Second {
+		// exp is whole seconds: a shorter token would be expired when issued.
+		errs = append(errs, errors.New("--token-ttl must be at least 1s"))
 	}
 	if c.JWTLeeway < 0 {
 		errs = append(errs, errors.New("--jwt-leeway must not be negative"))
@@ -135,8 +137,8 @@ func (c *Config) validate() error {
 	if c.MaxMessageBytes < 64 {
 		errs = append(errs, errors.New("--max-message-bytes must be at least 64"))
 	}
-	if c.RateLimit <= 0 {
-		errs = append(errs, errors.New("--rate-limit must be positive"))
+	if !(c.RateLimit > 0) || math.IsInf(c.RateLimit, 0) {
+		errs = append(errs, errors.New("--rate-limit must be a positive number"))
 	}
 	if c.SendQueueBytes < 1024 {
 		errs = append(errs, errors.New("--send-queue-bytes must be at least 1024"))
@@ -144,8 +146,8 @@ func (c *Config) validate() error {
 	if c.History != "bolt" && c.History != "memory" {
 		errs = append(errs, fmt.Errorf("--history %q: use bolt or memory", c.History))
 	}
-	if c.AuthRate < 0 {
-		errs = append(errs, errors.New("--auth-rate must not be negative"))
+	if !(c.AuthRate >= 0) || math.IsInf(c.AuthRate, 0) {
+		errs = append(errs, errors.New("--auth-rate must be a number, 0 or more (0: no limit)"))
 	}
 	if c.JWTAudience == "" {
 		errs = append(errs, errors.New("--jwt-audience must not be empty"))
@@ -160,8 +162,8 @@ func (c *Config) validate() error {
 			errs = append(errs, fmt.Errorf("--jwks %s: fetch keys over https (plain http only from this machine)", redacted(c.JWKS)))
 		}
 	}
-	if c.WSRateLimit < 0 {
-		errs = append(errs, errors.New("--ws-rate-limit must not be negative"))
+	if !(c.WSRateLimit >= 0) || math.IsInf(c.WSRateLimit, 0) {
+		errs = append(errs, errors.New("--ws-rate-limit must be a number, 0 or more (0: no limit)"))
 	}
 	if c.ExpiryWarning < 0 {
 		errs = append(errs, errors.New("--expiry-warning must not be negative (0: no expiring frame)"))
@@ -175,8 +177,8 @@ func (c *Config) validate() error {
 	if c.MaxSockets < 0 {
 		errs = append(errs, errors.New("--max-sockets must not be negative (0: no limit)"))
 	}
-	if c.PingInterval <= 0 || c.IdleTimeout <= 0 {
-		errs = append(errs, errors.New("--ping-interval and --idle-timeout must be positive"))
+	if c.PingInterval < time.Second || c.IdleTimeout < time.Second {
+		errs = append(errs, errors.New("--ping-interval and --idle-timeout must be at least 1s"))
 	} else if c.IdleTimeout <= c.PingInterval {
 		// A quiet client answers pings only: it would be dropped before
 		// the next one came.
@@ -185,14 +187,24 @@ func (c *Config) validate() error {
 	if c.DrainTimeout <= 0 {
 		errs = append(errs, errors.New("--drain-timeout must be positive"))
 	}
+	if c.DataDir == "" {
+		errs = append(errs, errors.New("--data-dir must not be empty"))
+	}
+	for _, o := range c.origins() {
+		if o != "*" && !strings.Contains(o, "://") {
+			errs = append(errs, fmt.Errorf("--allowed-origins: %q is not an origin (scheme://host[:port], or *)", o))
+		}
+	}
 	if c.HistoryPerRoom < 1 {
 		errs = append(errs, errors.New("--history-per-room must be at least 1"))
 	}
 	if c.HistoryMaxAge < 0 {
 		errs = append(errs, errors.New("--history-max-age must not be negative (0: keep by count only)"))
 	}
-	if c.BcryptCost < 4 || c.BcryptCost > 31 {
-		errs = append(errs, errors.New("--bcrypt-cost must be 4-31"))
+	if c.BcryptCost < 4 || c.BcryptCost > 16 {
+		// Every login (and chatd's start) pays one hash: at 16 that is
+		// seconds on a fast core already, and each step doubles it.
+		errs = append(errs, errors.New("--bcrypt-cost must be 4-16"))
 	}
 	if c.NATS != "" {
 		errs = append(errs, errors.New("--nats: cluster mode is not built yet; run without --nats for a single node"))

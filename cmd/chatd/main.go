@@ -91,7 +91,7 @@ func openStore(dir string) (*bolt.DB, error) {
 
 func newLogger(level, format string, w io.Writer) (zerolog.Logger, error) {
 	lvl, err := zerolog.ParseLevel(level)
-	if err != nil || level == "" {
+	if err != nil || (lvl != zerolog.DebugLevel && lvl != zerolog.InfoLevel && lvl != zerolog.WarnLevel && lvl != zerolog.ErrorLevel) {
 		return zerolog.Logger{}, fmt.Errorf("--log-level %q: use debug, info, warn or error", level)
 	}
 	if format == "" {
