@@ -93,11 +93,9 @@ func serveAdmin(dir string, users *authn.Users, log zerolog.Logger) (*adminServe
 	return a, nil
 }
 
-// close stops the admin socket, letting a user being added finish, and
-// removes its file.
-func (a *adminServer) close() {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
+// close stops the admin socket, letting a user being added finish until
+// ctx ends, and removes its file.
+func (a *adminServer) close(ctx context.Context) {
 	if a.srv.Shutdown(ctx) != nil {
 		_ = a.srv.Close()
 	}
@@ -129,7 +127,7 @@ func addUserToServer(dir, name, password string) error {
 		if errors.As(err, &op) && op.Op == "dial" {
 			return errNoServer // a socket file without a chatd behind it
 		}
-		return fmt.Errorf("ask the running chatd: %w", err)
+		return fmt.Errorf("the running chatd did not answer (is it stopping?); the user may or may not have been added, so run this again: %w", err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode == http.StatusCreated {

@@ -32,7 +32,7 @@ type app struct {
 
 // newApp opens the store in cfg.DataDir and builds every part.
 func newApp(cfg Config, log zerolog.Logger) (a *app, err error) {
-	db, err := openStore(cfg.DataDir)
+	db, err := openStore(cfg.DataDir, 2*time.Second)
 	if err != nil {
 		return nil, err
 	}
@@ -137,9 +137,9 @@ func newApp(cfg Config, log zerolog.Logger) (a *app, err error) {
 func (a *app) close() error {
 	a.stopKeys()
 	<-a.keysDone // no reload logs after close
-	if a.admin != nil {
-		a.admin.close()
-	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	a.stopAdmin(ctx)
 	a.broker.Close()
 	herr := a.history.Close()
 	derr := a.db.Close()
@@ -150,6 +150,15 @@ func (a *app) close() error {
 		return fmt.Errorf("close store: %w", derr)
 	}
 	return nil
+}
+
+// stopAdmin closes the admin socket, letting a user add in flight finish
+// until ctx ends.
+func (a *app) stopAdmin(ctx context.Context) {
+	if a.admin != nil {
+		a.admin.close(ctx)
+		a.admin = nil
+	}
 }
 
 // readOnly serves GET and HEAD with h, and answers any other method 405.

@@ -71,15 +71,16 @@ func run(args []string, stdin io.Reader, stderr io.Writer, getenv func(string) s
 // errStoreLocked means another process holds the store.
 var errStoreLocked = errors.New("it is locked; is another chatd using this data dir?")
 
-// openStore opens (creating) the one database file in dir.
-func openStore(dir string) (*bolt.DB, error) {
+// openStore opens (creating) the one database file in dir, waiting at
+// most wait for another process to let go of it.
+func openStore(dir string, wait time.Duration) (*bolt.DB, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("open store: create data dir: %w", err)
 	}
 	path := filepath.Join(dir, "chatd.db")
 	// The timeout turns "another chatd holds this file" into an error
 	// instead of a silent hang.
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: wait})
 	if errors.Is(err, bolterrors.ErrTimeout) {
 		return nil, fmt.Errorf("open store %s: %w", path, errStoreLocked)
 	}
@@ -160,6 +161,7 @@ func serve(cfg Config, log zerolog.Logger) error {
 	// commit comes after them, all within --drain-timeout.
 	sockets, cancelSockets := context.WithTimeout(drain, cfg.DrainTimeout-min(cfg.DrainTimeout/4, time.Second))
 	defer cancelSockets()
+	a.stopAdmin(sockets) // a user add in flight finishes, within the drain
 	if err := a.broker.Shutdown(sockets); err != nil {
 		log.Warn().Str("component", "main").Err(err).Msg("drain timed out; remaining sockets dropped")
 	}
@@ -232,7 +234,8 @@ func userAdd(args []string, stdin io.Reader, stderr io.Writer, getenv func(strin
 	if !errors.Is(err, errNoServer) {
 		return fmt.Errorf("add user %s: %w", name, err)
 	}
-	db, err := openStore(cfg.DataDir)
+	// Other user adds may hold the store for their hashes meanwhile.
+	db, err := openStore(cfg.DataDir, 30*time.Second)
 	if errors.Is(err, errStoreLocked) {
 		return fmt.Errorf("%w\n(a running chatd takes new users on %s, which it could not make: see its log)",
 			err, filepath.Join(cfg.DataDir, adminSocket))
