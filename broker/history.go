@@ -57,6 +57,9 @@ type MemoryHistory struct {
 	maxAge  time.Duration // messages older than this are gone; 0: kept by count only
 	mu      sync.RWMutex
 	rooms   map[string]*ring
+
+	stop     chan struct{} // ends the pruning goroutine (with maxAge)
+	stopOnce sync.Once
 }
 
 // ring holds the latest messages of one room in seq order.
@@ -68,12 +71,47 @@ type ring struct {
 
 // NewMemoryHistory returns a History that keeps the latest perRoom messages of
 // each room (1000 if perRoom <= 0), and with maxAge > 0 only those younger
-// than maxAge.
+// than maxAge: readers never see older ones, and a goroutine frees them
+// every maxAge (at most a minute) until Close.
 func NewMemoryHistory(perRoom int, maxAge time.Duration) *MemoryHistory {
 	if perRoom <= 0 {
 		perRoom = 1000
 	}
-	return &MemoryHistory{perRoom: perRoom, maxAge: maxAge, rooms: make(map[string]*ring)}
+	h := &MemoryHistory{perRoom: perRoom, maxAge: maxAge, rooms: make(map[string]*ring), stop: make(chan struct{})}
+	if maxAge > 0 {
+		go h.pruneEvery(min(maxAge, time.Minute))
+	}
+	return h
+}
+
+// pruneEvery frees aged messages every d until Close.
+func (h *MemoryHistory) pruneEvery(d time.Duration) {
+	t := time.NewTicker(d)
+	defer t.Stop()
+	for {
+		select {
+		case <-h.stop:
+			return
+		case <-t.C:
+			h.prune()
+		}
+	}
+}
+
+// prune drops every room's aged messages from memory. A room keeps its
+// last seq, so its seqs go on where they were.
+func (h *MemoryHistory) prune() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, r := range h.rooms {
+		if skip := h.live(r); skip > 0 {
+			kept := make([]Message, len(r.msgs)-skip)
+			for i := range kept {
+				kept[i] = r.at(skip + i)
+			}
+			r.msgs, r.start = kept, 0
+		}
+	}
 }
 
 // Append implements History; done runs before Append returns.
@@ -183,5 +221,9 @@ func (h *MemoryHistory) LastSeq(room string) (uint64, error) {
 // LastSeq.
 func (h *MemoryHistory) SeqFloor(room string) (uint64, error) { return h.LastSeq(room) }
 
-// Close implements History; the memory store has nothing to flush.
-func (h *MemoryHistory) Close() error { return nil }
+// Close implements History: the memory store has nothing to flush, and
+// its pruning (with a maximum age) stops.
+func (h *MemoryHistory) Close() error {
+	h.stopOnce.Do(func() { close(h.stop) })
+	return nil
+}

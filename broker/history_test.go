@@ -13,6 +13,7 @@ import (
 // aged message is pruned for After (recovered false) and Before alike.
 func TestMemoryHistoryPrunesByAge(t *testing.T) {
 	h := broker.NewMemoryHistory(10, time.Hour)
+	defer h.Close()
 	now := time.Now()
 	for seq := uint64(1); seq <= 6; seq++ {
 		ts := now.Add(-2 * time.Hour) // seqs 1-3 are two hours old
@@ -45,6 +46,7 @@ func TestMemoryHistoryPrunesByAge(t *testing.T) {
 	}
 
 	old := broker.NewMemoryHistory(10, time.Hour)
+	defer old.Close()
 	old.Append(broker.Message{Room: "r", Seq: 1, TS: now.Add(-2 * time.Hour).UnixMilli()}, nil)
 	if ms, complete, _ := old.After("r", 0, 100); complete || len(ms) != 0 {
 		t.Errorf("all aged: After(0) = %v complete %v, want none, not complete", seqs(ms), complete)
