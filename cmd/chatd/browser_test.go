@@ -25,7 +25,9 @@ import (
 // The browser test drives the bundled page in Debian's headless Chromium:
 // two users in two separate browser contexts register, chat, join a room,
 // see each other's presence, survive a short token by refreshing it in
-// place, and log out. It writes docs/screenshot.png as an artifact.
+// place, and log out. It takes a screenshot of the chat: the README's
+// docs/screenshot.png with CHATD_SCREENSHOT set to that path, else into a
+// temporary dir, so that a test run leaves the tree as it was.
 //
 // It skips only when no Chromium is installed and CI is unset; .ci/run
 // installs Chromium, so on CI it always runs.
@@ -34,7 +36,6 @@ const (
 	browserTTL     = 8 * time.Second // short, so the page must refresh during the test
 	browserWarning = 3 * time.Second // `expiring` comes 3 s before the close (8 s > 2*3 s, so it is sent)
 	xssPayload     = `<img src=x onerror="window.pwned=1">`
-	screenshotPath = "../../docs/screenshot.png" // go test runs in cmd/chatd
 )
 
 func TestBrowserChat(t *testing.T) {
@@ -161,7 +162,11 @@ func TestBrowserChat(t *testing.T) {
 
 	// The artifact: alice's chat view with messages and presence.
 	alice.waitWho("alice", "bob")
-	alice.screenshot(screenshotPath)
+	shot := os.Getenv("CHATD_SCREENSHOT")
+	if shot == "" {
+		shot = filepath.Join(t.TempDir(), "screenshot.png")
+	}
+	alice.screenshot(shot)
 
 	// Logout returns to the login form; bob sees alice leave.
 	alice.logout()
