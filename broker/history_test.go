@@ -3,6 +3,8 @@ package broker_test
 import (
 	"errors"
 	"net/http"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -78,5 +80,48 @@ func TestWelcomeWithoutAFailedJoin(t *testing.T) {
 	c.send(map[string]any{"type": "send", "room": "general", "text": "hi", "id": "1"})
 	if f := c.expect("error"); f.str("code") != "not_member" {
 		t.Fatalf("send to general: %v, want not_member", f)
+	}
+}
+
+// failingAfter is a store whose After fails from its second call on.
+type failingAfter struct {
+	broker.History
+	calls atomic.Int32
+}
+
+func (h *failingAfter) After(room string, since uint64, limit int) ([]broker.Message, bool, error) {
+	if h.calls.Add(1) > 1 {
+		return nil, false, errors.New("disk gone")
+	}
+	return h.History.After(room, since, limit)
+}
+
+// A replay that the store fails part way is answered `left`: the socket
+// had its joined, and is not in the room.
+func TestReplayFailureLeaves(t *testing.T) {
+	mem := broker.NewMemoryHistory(1000, 0)
+	for seq := uint64(1); seq <= 500; seq++ {
+		mem.Append(broker.Message{Room: "far", Seq: seq, Text: strings.Repeat("z", 500)}, nil)
+	}
+	h := &failingAfter{History: mem}
+	e := newEnv(t, broker.Options{History: h, SendQueueBytes: 64 << 10})
+	c := e.dial(e.token("unlucky"))
+	c.send(map[string]any{"type": "join", "room": "far", "since": 0, "id": "j"})
+	if j := c.expect("joined"); j["recovered"] != true {
+		t.Fatalf("joined = %v", j)
+	}
+	for {
+		f := c.next()
+		if f.str("type") == "message" {
+			continue
+		}
+		if f.str("type") != "left" || f.str("room") != "far" {
+			t.Fatalf("after the replay failed: %v, want left", f)
+		}
+		break
+	}
+	c.send(map[string]any{"type": "send", "room": "far", "text": "hi", "id": 1})
+	if f := c.expect("error"); f.str("code") != "not_member" {
+		t.Fatalf("send after left: %v, want not_member", f)
 	}
 }

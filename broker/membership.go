@@ -16,8 +16,9 @@ import (
 const replayPage = 1000
 
 // catchUpBytes bounds a page after the first: each write must finish
-// within the write timeout, so the pages a slow link waits for are small
-// (64 KiB in 10 s is 6.4 KB/s).
+// within the write timeout (at least half of it is left when a write
+// starts), so the pages a slow link waits for are small (64 KiB in 5 s is
+// 13 KB/s).
 const catchUpBytes = 64 << 10
 
 // join makes the socket a member of room. With since, the stored messages
@@ -57,15 +58,24 @@ func (s *Session) join(name string, since *uint64, id []byte, answer bool) error
 		frames = append(frames, nil) // joined, once recovered is known
 	}
 	after, done := uint64(0), true
-	if since != nil {
-		// A member already had everything after it joined, live.
-		upTo := r.latest
-		if member {
-			upTo = s.rooms[name].since
-		}
-		page, next, complete, err := s.replay(name, *since, upTo)
+	if since != nil && member {
+		// Already a member: it had everything after it joined, live, and
+		// more comes live while this runs. Paging would put live messages
+		// between old ones, so it gets one page, the newest of what it
+		// missed, and pages back with history from there.
+		page, complete, err := s.replayNewest(name, *since, s.rooms[name].since)
 		if err != nil {
 			r.mu.Unlock()
+			return err
+		}
+		frames = append(frames, page...)
+		joined.Recovered = &complete
+	} else if since != nil {
+		upTo := r.latest
+		page, next, complete, err := s.replayWithin(name, *since, upTo, s.broker.opts.SendQueueBytes/2-s.out.queued(), replayPage)
+		if err != nil {
+			r.mu.Unlock()
+			b.rooms.dropIfEmpty(r)
 			return err
 		}
 		frames = append(frames, page...)
@@ -80,7 +90,7 @@ func (s *Session) join(name string, since *uint64, id []byte, answer bool) error
 		// the room's lock, and the socket joins with the last page.
 		r.mu.Unlock()
 		s.out.pushForce(frames...)
-		return s.catchUp(r, after, member)
+		return s.catchUp(r, after, len(frames)-1)
 	}
 	// Queued under the lock, so no live message comes before them, and
 	// whole even past the bound: a client that asked to catch up is not
@@ -104,17 +114,35 @@ func (s *Session) joinLocked(r *Room, member bool) {
 }
 
 // catchUp sends the stored messages of room r after seq, a page at a time
-// as the socket takes them, and for a socket not yet a member joins it
-// with the last page. It runs on the socket's read loop: the client's next
-// request waits for its replay, as it would have waited behind a long one.
-// A socket that takes no page within the write timeout is a slow consumer.
-func (s *Session) catchUp(r *Room, after uint64, member bool) (err error) {
+// as the socket takes them, and joins the socket with the last page; the
+// first page held firstCount messages. It runs on the socket's read loop:
+// the client's next request (a refresh too) waits for its replay, as it
+// would have waited behind a long one. A socket that does not keep up is
+// a slow consumer. If the replay cannot go on (the store fails), the
+// socket is told `left`: it is not in the room.
+func (s *Session) catchUp(r *Room, after uint64, firstCount int) (err error) {
 	b, name := s.broker, r.name
 	defer func() {
-		if _, joined := s.rooms[name]; !joined && r != nil {
+		if _, joined := s.rooms[name]; joined {
+			return
+		}
+		if r != nil {
 			b.rooms.dropIfEmpty(r) // the room the join may have made, left behind
 		}
+		if err != nil {
+			b.log.Error().Err(err).Str("room", name).Msg("replay")
+			s.send(textFrame(leftFrame{Type: "left", Room: name}))
+			err = nil // answered: the joined went out, and now left
+		}
 	}()
+	budget := min(catchUpBytes, b.opts.SendQueueBytes/2)
+	// Ask the store for about as many messages as a page holds, judged
+	// by the page before: reading a thousand to send a few dozen large
+	// ones would hold the room's lock for nothing.
+	limit := replayPage
+	if firstCount > 0 {
+		limit = max(16, min(replayPage, firstCount*budget/(b.opts.SendQueueBytes/2)+1))
+	}
 	for {
 		// A page goes out once nothing waits behind the write in flight:
 		// one page in the kernel's hands, the next ready behind it.
@@ -131,10 +159,7 @@ func (s *Session) catchUp(r *Room, after uint64, member bool) (err error) {
 			return err
 		}
 		upTo := r.latest
-		if member {
-			upTo = s.rooms[name].since
-		}
-		page, next, _, err := s.replayWithin(name, after, upTo, min(catchUpBytes, b.opts.SendQueueBytes/2))
+		page, next, _, err := s.replayWithin(name, after, upTo, budget, limit)
 		if err != nil {
 			r.mu.Unlock()
 			return err
@@ -142,7 +167,7 @@ func (s *Session) catchUp(r *Room, after uint64, member bool) (err error) {
 		if next >= upTo {
 			// The last page, queued under the lock with the join: no live
 			// message comes before it.
-			s.joinLocked(r, member)
+			s.joinLocked(r, false)
 			s.out.pushForce(page...)
 			r.mu.Unlock()
 			return nil
@@ -150,25 +175,20 @@ func (s *Session) catchUp(r *Room, after uint64, member bool) (err error) {
 		r.mu.Unlock()
 		s.out.pushForce(page...)
 		after = next
+		limit = max(16, min(replayPage, len(page)+len(page)/4))
 	}
 }
 
-// replay returns the frames of a page of room's stored messages with since
-// < seq <= upTo, oldest first: at most replayPage of them and half the send
-// queue's bytes (less what is queued already), at least one. next is the
-// seq the page ends at (upTo when it is the last page); complete is false
-// when the store had pruned messages after since.
-func (s *Session) replay(room string, since, upTo uint64) (frames [][]byte, next uint64, complete bool, err error) {
-	return s.replayWithin(room, since, upTo, s.broker.opts.SendQueueBytes/2-s.out.queued())
-}
-
-// replayWithin is replay with a page of at most budget bytes (at least one
-// message).
-func (s *Session) replayWithin(room string, since, upTo uint64, budget int) (frames [][]byte, next uint64, complete bool, err error) {
+// replayWithin returns the frames of a page of room's stored messages with
+// since < seq <= upTo, oldest first: at most limit of them and budget
+// bytes, at least one. next is the seq the page ends at (upTo when it is
+// the last page); complete is false when the store had pruned messages
+// after since.
+func (s *Session) replayWithin(room string, since, upTo uint64, budget, limit int) (frames [][]byte, next uint64, complete bool, err error) {
 	if since >= upTo {
 		return nil, upTo, true, nil
 	}
-	msgs, complete, err := s.broker.opts.History.After(room, since, replayPage)
+	msgs, complete, err := s.broker.opts.History.After(room, since, limit)
 	if err != nil {
 		return nil, 0, false, err
 	}
@@ -176,7 +196,7 @@ func (s *Session) replayWithin(room string, since, upTo uint64, budget int) (fra
 	for i := range msgs {
 		m := &msgs[i]
 		if m.Seq > upTo {
-			next = upTo // a member already got those live
+			next = upTo
 			break
 		}
 		f := frame(opText, messagePayload(m))
@@ -186,10 +206,49 @@ func (s *Session) replayWithin(room string, since, upTo uint64, budget int) (fra
 		frames = append(frames, f)
 		next = m.Seq
 	}
-	if len(msgs) < replayPage {
+	if len(msgs) < limit {
 		next = upTo // the store has nothing more up to upTo (seqs may have gaps)
 	}
 	return frames, next, complete, nil
+}
+
+// replayNewest returns the frames of room's stored messages with since <
+// seq <= upTo, or of the newest of them that fit in one page (replayPage
+// messages and half the send queue, less what is queued): complete is
+// false when it cut or when the store had pruned some of them.
+func (s *Session) replayNewest(room string, since, upTo uint64) (frames [][]byte, complete bool, err error) {
+	if since >= upTo {
+		return nil, true, nil
+	}
+	h := s.broker.opts.History
+	// Seqs may have gaps (a crash moves them on), so ask by count: one
+	// more than a page tells whether the client is too far behind.
+	msgs, complete, err := h.After(room, since, replayPage+1)
+	if err == nil && len(msgs) > replayPage {
+		msgs, err = h.Before(room, upTo+1, replayPage) // the newest ones
+		complete = false
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	budget := s.broker.opts.SendQueueBytes/2 - s.out.queued()
+	for i := len(msgs) - 1; i >= 0; i-- {
+		m := &msgs[i]
+		if m.Seq > upTo {
+			continue // it came live
+		}
+		if m.Seq <= since {
+			break
+		}
+		f := frame(opText, messagePayload(m))
+		if budget -= len(f); budget < 0 && len(frames) > 0 {
+			complete = false
+			break
+		}
+		frames = append(frames, f)
+	}
+	slices.Reverse(frames)
+	return frames, complete, nil
 }
 
 // leaveAndTell leaves room and answers `left`, as the socket asked.

@@ -198,8 +198,8 @@ func (c *Config) validate() error {
 	if c.HistoryPerRoom < 1 {
 		errs = append(errs, errors.New("--history-per-room must be at least 1"))
 	}
-	if c.HistoryMaxAge < 0 {
-		errs = append(errs, errors.New("--history-max-age must not be negative (0: keep by count only)"))
+	if c.HistoryMaxAge < 0 || (c.HistoryMaxAge > 0 && c.HistoryMaxAge < time.Second) {
+		errs = append(errs, errors.New("--history-max-age must be 0 (keep by count only) or at least 1s"))
 	}
 	if c.BcryptCost < 4 || c.BcryptCost > 16 {
 		// Every login (and chatd's start) pays one hash: at 16 that is

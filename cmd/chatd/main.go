@@ -161,10 +161,15 @@ func serve(cfg Config, log zerolog.Logger) error {
 	// commit comes after them, all within --drain-timeout.
 	sockets, cancelSockets := context.WithTimeout(drain, cfg.DrainTimeout-min(cfg.DrainTimeout/4, time.Second))
 	defer cancelSockets()
-	a.stopAdmin(sockets) // a user add in flight finishes, within the drain
+	adminDone := make(chan struct{})
+	go func() { // a user add in flight finishes, beside the sockets' drain
+		defer close(adminDone)
+		a.stopAdmin(sockets)
+	}()
 	if err := a.broker.Shutdown(sockets); err != nil {
 		log.Warn().Str("component", "main").Err(err).Msg("drain timed out; remaining sockets dropped")
 	}
+	<-adminDone
 	if err := srv.Shutdown(drain); err != nil {
 		log.Warn().Str("component", "main").Err(err).Msg("requests still running at the drain timeout")
 	}
