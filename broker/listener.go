@@ -98,6 +98,16 @@ func (l *Listener) acceptLoop() {
 	}
 }
 
+// socketSendBuffer is the kernel's send buffer of a WebSocket (it doubles
+// the value: 256 KiB). Left to grow, it reached 4 MiB for a slow reader,
+// and the kernel wakes a blocked writer only once about half of its
+// buffer is free: a client reading at 70 KB/s then left a write waiting
+// longer than the write timeout, and was dropped though it kept up; and a
+// reader that stopped took megabytes into the kernel before its send
+// queue (--send-queue-bytes) filled and closed it 4008. With this buffer a
+// write waits for about 85 KiB to drain.
+const socketSendBuffer = 128 << 10
+
 // upgradePrefix is how an upgrade request starts ("GET /ws " or "GET /ws?").
 const upgradePrefix = "GET /ws"
 
@@ -110,6 +120,9 @@ func (l *Listener) route(c net.Conn) {
 	br := bufio.NewReaderSize(limited, readBufferSize)
 	head, _ := br.Peek(len(upgradePrefix) + 1)
 	if len(head) == len(upgradePrefix)+1 && string(head[:len(upgradePrefix)]) == upgradePrefix && (head[len(head)-1] == ' ' || head[len(head)-1] == '?') {
+		if tc, ok := c.(interface{ SetWriteBuffer(int) error }); ok {
+			_ = tc.SetWriteBuffer(socketSendBuffer)
+		}
 		l.serveUpgrade(c, br, limited)
 		return
 	}
