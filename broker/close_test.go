@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -45,6 +46,22 @@ func upgradeRequest(version, token string) string {
 func (e *env) rawDial(t testing.TB, token string) *rawSocket {
 	t.Helper()
 	return rawUpgrade(t, tcpDial(t, e.srv.Listener.Addr().String()), token)
+}
+
+// deafDial upgrades a TCP connection with token that will read nothing,
+// with a 4 KiB receive buffer from the start (a small window), so that
+// the kernel does not take in on its behalf what is sent to it.
+func (e *env) deafDial(t testing.TB, token string) *rawSocket {
+	t.Helper()
+	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+		return c.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+	}}
+	nc, err := d.Dial("tcp", e.srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	return rawUpgrade(t, nc, token)
 }
 
 // rawUpgrade upgrades nc with token.

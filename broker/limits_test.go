@@ -2,11 +2,9 @@ package broker_test
 
 import (
 	"fmt"
-	"net"
 	"net/http"
 	"runtime"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -35,17 +33,7 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 func TestSlowConsumerIsEvicted(t *testing.T) {
 	const queue = 64 << 10
 	e := newEnv(t, broker.Options{RateLimit: 1e6, SendQueueBytes: queue})
-	// A client that reads nothing, with a small receive window, so that
-	// the kernel does not take in on its behalf all that is sent to it.
-	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
-		return c.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
-	}}
-	nc, err := d.Dial("tcp", e.srv.Listener.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	rawUpgrade(t, nc, e.token("stalled"))
+	e.deafDial(t, e.token("stalled")) // reads nothing from here on
 
 	senders := []*client{e.dial(e.token("s1")), e.dial(e.token("s2"))}
 	listener := e.dial(e.token("listener"))

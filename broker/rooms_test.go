@@ -2,11 +2,9 @@ package broker_test
 
 import (
 	"fmt"
-	"net"
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -538,17 +536,7 @@ func TestCatchUpWithoutReadingIsSlow(t *testing.T) {
 			}
 		}
 	}
-	// A small receive buffer from the start (a small window), so that the
-	// kernel does not take in the whole history on the deaf client's behalf.
-	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
-		return c.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
-	}}
-	nc, err := d.Dial("tcp", e.srv.Listener.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	deaf := rawUpgrade(t, nc, e.token("deaf"))
+	deaf := e.deafDial(t, e.token("deaf"))
 	deaf.writeText(`{"type":"join","room":"big","since":0}`)
 	waitFor(t, 10*time.Second, "the socket that reads nothing closed", func() bool { return e.broker.Sockets() == 1 })
 	sender.send(map[string]any{"type": "send", "room": "big", "text": "still here"})
